@@ -1,0 +1,1 @@
+"""Data: image loading, dataset download, the phantom generator and tf.data pipelines."""

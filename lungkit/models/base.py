@@ -1,0 +1,86 @@
+"""The training step every lungkit model shares.
+
+A model subclasses `GenerativeModel`, names its losses in `loss_names` (the total first) and
+writes its loss maths once in `compute_losses`. This module owns what is the same for all of
+them: gradient tape, loss scaling for mixed precision (Keras 3 `optimizer.scale_loss`), the
+division of the loss by the number of replicas under `tf.distribute`, per-epoch metric
+trackers, and a hook (`after_train_step`) for work such as an EMA update.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def unpack_batch(data):
+    """Splits a batch from `fit()` or `tf.data` into `(images, labels)`.
+
+    Accepts `images`, `(images,)`, `(images, labels)` or `(images, labels, sample_weight)`;
+    `labels` is None when the batch carries none.
+    """
+    if isinstance(data, (tuple, list)):
+        images = data[0]
+        labels = data[1] if len(data) > 1 else None
+        return images, labels
+    return data, None
+
+
+class GenerativeModel(keras.Model):
+    """Base class: a `keras.Model` trained by a loss it computes itself.
+
+    Subclasses set `loss_names` (a tuple, the total loss first) and implement
+    `compute_losses(images, labels=None, training=False)` returning one scalar per name.
+    """
+
+    loss_names = ("loss",)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.trackers = [keras.metrics.Mean(name=name) for name in self.loss_names]
+
+    @property
+    def metrics(self):  # listed here so fit() resets them every epoch
+        return self.trackers
+
+    def compute_losses(self, images, labels=None, training=False):
+        """Returns a tuple of scalar losses, one per entry of `loss_names`."""
+        raise NotImplementedError
+
+    def after_train_step(self):
+        """Called after each optimizer update (EMA updates live here)."""
+
+    def gradient_step(self, images, labels=None, loss_divisor=None):
+        """One optimizer update; returns the unscaled losses.
+
+        Args:
+            images: the batch, float32 NHWC in [0, 1].
+            labels: optional int labels `(batch,)`.
+            loss_divisor: what the replica's total loss is divided by before the gradient.
+                Default: the number of replicas in sync, which with `fit()` under a strategy
+                turns the replicas' summed gradients into the gradient of the mean loss.
+        """
+        if loss_divisor is None:
+            loss_divisor = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(images, labels, training=True)
+            loss = losses[0] / keras.ops.cast(loss_divisor, losses[0].dtype)
+            # LossScaleOptimizer multiplies by its dynamic scale; other optimizers return
+            # the loss unchanged. Its apply() divides the gradients back.
+            loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.after_train_step()
+        return losses
+
+    def train_step(self, data):
+        images, labels = unpack_batch(data)
+        return self.record(self.gradient_step(images, labels))
+
+    def test_step(self, data):
+        images, labels = unpack_batch(data)
+        return self.record(self.compute_losses(images, labels, training=False))
+
+    def record(self, losses):
+        """Updates the trackers with `losses` and returns their running means."""
+        for tracker, value in zip(self.trackers, losses):
+            tracker.update_state(keras.ops.cast(value, "float32"))
+        return {tracker.name: tracker.result() for tracker in self.trackers}

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny CT-like batches and quiet, seeded TensorFlow."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global seeds (numpy, python, keras/tf if loaded)."""
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].utils.set_random_seed(0)
+
+
+@pytest.fixture
+def tiny_ct_batch():
+    """Four 32x32x3 CT-like images in [0, 1]: a dark disc (lung) in a grey body."""
+    size = 32
+    yy, xx = np.mgrid[:size, :size]
+    images = []
+    for shift in range(4):
+        body = ((yy - 16) ** 2 / 14**2 + (xx - 16) ** 2 / 12**2) < 1
+        lung = ((yy - 15) ** 2 + (xx - 10 - shift) ** 2) < 16
+        image = np.where(body, 0.6, 0.05) - 0.5 * lung
+        images.append(np.repeat(image[..., None], 3, axis=-1))
+    return np.clip(np.asarray(images, dtype="float32"), 0, 1)
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory):
+    """A small phantom dataset (4 slices per class, 64 px), built once per session."""
+    from lungkit.data.phantom import make_phantom_dataset
+
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), per_class=4, size=64, seed=0)
