@@ -1,0 +1,435 @@
+"""The comparison experiment: one split, every model, one report.
+
+`compare(config)` loads a dataset (the phantom set by default), holds out a stratified test
+split, trains the paper's VAE, the paper's U-Net denoiser and a true DDPM (and, when asked,
+the latent hybrid) under one config, times training and generation, evaluates every model's
+samples against the held-out real images with `lungkit.metrics.evaluate`, checks the paper's
+claims against the measured numbers and writes the report (`lungkit.report`).
+
+Settings are frozen dataclasses; `PRESETS` names the two standard ones: "quick" (minutes on
+two CPU cores, what `make demo` runs) and "paper" (Chen 2024: 128 px, VAE 200 epochs,
+denoiser 10 epochs).
+"""
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES = ("vae", "denoiser", "diffusion", "latent")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    epochs: int = 200  # the paper trains 200 epochs
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # Adam's Keras default, as the paper's code
+    latent_dim: int = 128
+    widths: tuple = (32, 64, 128, 256)
+    beta: float = 1.0  # KL weight
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserConfig:
+    epochs: int = 10  # the paper trains its denoiser 10 epochs
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    widths: tuple = (32, 64, 128)
+    noise_std: float = 0.1  # std of the Gaussian noise added to [0, 1] images
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    epochs: int = 100
+    batch_size: int = 16
+    learning_rate: float = 2e-4  # Ho et al. (2020)
+    widths: tuple = (32, 64, 96, 128)
+    blocks_per_level: int = 2
+    attention_levels: tuple = ()
+    timesteps: int = 1000  # Ho et al. (2020)
+    schedule: str = "cosine"  # Nichol & Dhariwal (2021)
+    ema_decay: float = 0.999
+    sampling_steps: int = 50  # DDIM steps for the report's samples
+    ddpm_timing_images: int = 2  # DDPM-1000 is timed on this many images only
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentConfig:
+    autoencoder_epochs: int = 50
+    diffusion_epochs: int = 100
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    latent_channels: int = 4
+    sampling_steps: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "compare"
+    data_dir: str | None = None  # None: the built-in phantom set (generated under runs/)
+    image_size: int = 128  # the paper's size
+    channels: int = 3  # the paper loads RGB; 1 is 3x cheaper and loses nothing on CT
+    test_fraction: float = 0.2  # held out for FID/KID; split by file, not by patient
+    limit: int | None = None  # at most this many images per class
+    phantom_per_class: int = 40
+    seed: int = 0
+    n_generate: int = 64  # samples per model for the metrics
+    models: tuple = ("vae", "denoiser", "diffusion")
+    features: str = "auto"  # FID/KID features: "auto" | "inception" | "domain"
+    strategy: str = "auto"
+    precision: str = "float32"
+    vae: VAEConfig = VAEConfig()
+    denoiser: DenoiserConfig = DenoiserConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    latent: LatentConfig = LatentConfig()
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in MODEL_NAMES]
+        if unknown:
+            raise ValueError(f"`models` must be a subset of {MODEL_NAMES}. Received: {unknown}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(
+                f"`test_fraction` must be in (0, 1). Received: test_fraction={self.test_fraction}"
+            )
+        if self.channels not in (1, 3):
+            raise ValueError(f"`channels` must be 1 or 3. Received: channels={self.channels}")
+        if self.n_generate < 2:
+            raise ValueError(f"`n_generate` must be >= 2. Received: n_generate={self.n_generate}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        """A copy with top-level fields or nested ones (`"vae.epochs"`) changed."""
+        nested = {}
+        top = {}
+        for key, value in changes.items():
+            if "." in key:
+                section, field = key.split(".", 1)
+                nested.setdefault(section, {})[field] = value
+            else:
+                top[key] = value
+        for section, fields in nested.items():
+            if section not in ("vae", "denoiser", "diffusion", "latent"):
+                raise ValueError(f"Unknown config section {section!r} in {list(fields)}.")
+            top[section] = dataclasses.replace(getattr(self, section), **fields)
+        return dataclasses.replace(self, **top)
+
+
+PRESETS = {
+    # A few minutes on 2 CPU cores: small images, one channel, few epochs. Enough for the
+    # models to learn the body outline and lung fields, and for every number to be real.
+    "quick": ExperimentConfig(
+        name="quick",
+        image_size=32,
+        channels=1,
+        phantom_per_class=48,
+        n_generate=48,
+        vae=VAEConfig(epochs=30, batch_size=16, latent_dim=32, widths=(16, 32, 64)),
+        denoiser=DenoiserConfig(epochs=10, batch_size=16, widths=(16, 32, 64)),
+        diffusion=DiffusionConfig(
+            epochs=40, batch_size=16, learning_rate=1e-3, widths=(16, 32, 64),
+            blocks_per_level=1, ema_decay=0.99, sampling_steps=50,
+        ),
+        latent=LatentConfig(autoencoder_epochs=20, diffusion_epochs=40, learning_rate=1e-3),
+    ),
+    # Chen (2024): 128x128 RGB, VAE 200 epochs with Adam, denoiser 10 epochs.
+    "paper": ExperimentConfig(name="paper"),
+}
+
+
+def get_config(preset="quick", **overrides):
+    """Returns the named preset with `overrides` applied (`"vae.epochs": 5` reaches inside)."""
+    if preset not in PRESETS:
+        raise ValueError(f"`preset` must be one of {sorted(PRESETS)}. Received: {preset!r}")
+    return PRESETS[preset].replace(**overrides) if overrides else PRESETS[preset]
+
+
+def split_indices(labels, test_fraction, seed=0):
+    """Stratified train/test split of `labels` (int array); returns two sorted index arrays."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_test = max(1, int(round(len(idx) * test_fraction))) if len(idx) > 1 else 0
+        test.extend(idx[:n_test])
+        train.extend(idx[n_test:])
+    return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(test, dtype=int))
+
+
+def load_split(config, out_dir):
+    """Loads the configured dataset and returns `(train_x, train_y, test_x, test_y, info)`."""
+    from lungkit.data.images import load_data, normalize, to_channels
+
+    data_dir = config.data_dir
+    source = "user data"
+    if data_dir is None:
+        from lungkit.data.phantom import make_phantom_dataset
+
+        source = "phantom"
+        root = Path(out_dir) / "phantom"
+        data_dir = make_phantom_dataset(
+            root, per_class=config.phantom_per_class, size=max(128, config.image_size),
+            seed=config.seed,
+        )
+    images, labels = load_data(data_dir, size=config.image_size, limit=config.limit)
+    images = to_channels(normalize(images), config.channels)
+    train_idx, test_idx = split_indices(labels, config.test_fraction, config.seed)
+    info = {
+        "source": source,
+        "data_dir": str(data_dir),
+        "n_images": int(len(images)),
+        "n_train": int(len(train_idx)),
+        "n_test": int(len(test_idx)),
+        "class_counts": np.bincount(labels, minlength=3).tolist(),
+    }
+    logger.info("Data: %s, %d images (%d train / %d held out), classes %s",
+                data_dir, info["n_images"], info["n_train"], info["n_test"], info["class_counts"])
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], info
+
+
+def timed_generate(generate, n, **kwargs):
+    """Calls `generate(n, **kwargs)` once to warm up on 2 images, then times `n` images.
+
+    Returns `(images, images_per_second)`.
+    """
+    generate(min(2, n), **kwargs)  # traces and compiles the sampling step
+    start = time.perf_counter()
+    images = np.asarray(generate(n, **kwargs))
+    elapsed = time.perf_counter() - start
+    return images, n / max(elapsed, 1e-9)
+
+
+def compare(config=None, out_dir=None, progress=True):
+    """Runs the comparison experiment and writes its report.
+
+    Args:
+        config: an `ExperimentConfig` (default: the "quick" preset) or a preset name.
+        out_dir: folder for models, logs, figures and the report (default `runs/<name>`).
+        progress: show progress bars while sampling.
+
+    Returns:
+        The results dict also written to `out_dir/metrics.json`.
+    """
+    from lungkit import metrics, report
+
+    if config is None or isinstance(config, str):
+        config = get_config(config or "quick")
+    out_dir = Path(out_dir or Path("runs") / config.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    train_x, train_y, test_x, test_y, data_info = load_split(config, out_dir)
+
+    from lungkit.features import get_feature_extractor
+
+    extractor = get_feature_extractor(
+        config.features, train_images=train_x, train_labels=train_y,
+        cache_dir=out_dir / "features",
+    )
+
+    results = {
+        "config": config.to_dict(),
+        "data": data_info,
+        "feature_extractor": extractor.name,
+        "models": {},
+    }
+    samples = {}
+    for model_name in config.models:
+        logger.info("=== %s ===", model_name)
+        entry, model_samples = train_and_sample(
+            model_name, config, train_x, train_y, out_dir / model_name, progress=progress
+        )
+        for variant, images in model_samples.items():
+            samples[variant] = images
+            if entry["variants"][variant].get("evaluate", True):
+                entry["variants"][variant]["metrics"] = metrics.evaluate(
+                    images, test_x, train=train_x, features=extractor
+                )
+        results["models"][model_name] = entry
+        _write_json(results, out_dir / "metrics.json")  # nothing lost if a later model fails
+
+    results["real_metrics"] = metrics.evaluate(
+        train_x[: config.n_generate], test_x, train=None, features=extractor
+    )
+    results["claims"] = check_claims(results)
+    results["wall_seconds"] = time.time() - started
+    _write_json(results, out_dir / "metrics.json")
+    report.write_report(results, samples, (train_x, train_y), out_dir)
+    logger.info("Report written to %s (%.0f s)", out_dir / "report.html", results["wall_seconds"])
+    return results
+
+
+def _train(model, config_section, train_x, train_y, out_dir, config, name):
+    """Compiles `model` with Adam, fits it with lungkit's callbacks, returns the entry dict."""
+    import keras
+
+    from lungkit import training
+    from lungkit.data.pipeline import make_dataset
+
+    model.compile(optimizer=keras.optimizers.Adam(config_section.learning_rate))
+    dataset = make_dataset(
+        train_x, train_y, batch_size=config_section.batch_size, shuffle=True, seed=config.seed,
+        with_labels=getattr(model, "num_classes", None) is not None,
+    )
+    epochs = getattr(config_section, "epochs", None) or config_section.diffusion_epochs
+    history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
+    seconds = list(history.get("epoch_seconds", []))
+    steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch includes tracing
+    return {
+        "parameters": int(model.count_params()),
+        "epochs": epochs,
+        "seconds_per_epoch": float(np.mean(steady)) if steady else float("nan"),
+        "first_epoch_seconds": float(seconds[0]) if seconds else float("nan"),
+        "train_images_per_second": float(np.mean(history.get("images_per_second", [np.nan])[1:]
+                                                 or history.get("images_per_second", [np.nan]))),
+        "history": {k: [float(x) for x in v] for k, v in history.items()},
+        "variants": {},
+    }
+
+
+def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=True):
+    """Trains one model of the comparison and generates its samples.
+
+    Returns `(entry, samples)`: the model's results dict (timings, history, one entry per
+    sampling variant) and `{variant: float32 images in [0, 1]}`.
+    """
+    out_dir = Path(out_dir)
+    image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
+    if model_name == "vae":
+        from lungkit.models.vae import VAE
+
+        c = config.vae
+        model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
+                    widths=c.widths, beta=c.beta, seed=seed)
+        entry = _train(model, c, train_x, train_y, out_dir, config, "vae")
+        images, speed = timed_generate(model.generate, n, seed=seed)
+        entry["variants"]["vae"] = {"label": "VAE", "steps": 1, "images_per_second": speed}
+        return entry, {"vae": images}
+    if model_name == "denoiser":
+        from lungkit.models.denoiser import UNetDenoiser
+
+        c = config.denoiser
+        model = UNetDenoiser(image_size=image_size, channels=channels, noise_std=c.noise_std,
+                             widths=c.widths, seed=seed)
+        entry = _train(model, c, train_x, train_y, out_dir, config, "denoiser")
+        pick = np.random.default_rng(seed).choice(len(train_x), size=n, replace=len(train_x) < n)
+        paper, paper_speed = timed_generate(model.generate, n, source_images=train_x[pick],
+                                            seed=seed)
+        noise, noise_speed = timed_generate(model.generate, n, seed=seed)
+        entry["variants"]["denoiser_paper"] = {
+            "label": "Denoiser (paper: noised training images)", "steps": 1,
+            "images_per_second": paper_speed}
+        entry["variants"]["denoiser_noise"] = {
+            "label": "Denoiser from pure noise", "steps": 1, "images_per_second": noise_speed}
+        return entry, {"denoiser_paper": paper, "denoiser_noise": noise}
+    if model_name == "diffusion":
+        from lungkit.models.diffusion import DiffusionModel
+
+        c = config.diffusion
+        model = DiffusionModel(image_size=image_size, channels=channels, timesteps=c.timesteps,
+                               schedule=c.schedule, widths=c.widths,
+                               blocks_per_level=c.blocks_per_level,
+                               attention_levels=c.attention_levels, ema_decay=c.ema_decay,
+                               seed=seed)
+        entry = _train(model, c, train_x, train_y, out_dir, config, "diffusion")
+        ddim, ddim_speed = timed_generate(model.generate, n, steps=c.sampling_steps,
+                                          sampler="ddim", seed=seed, progress=progress)
+        ddpm, ddpm_speed = timed_generate(model.generate, c.ddpm_timing_images,
+                                          steps=c.timesteps, sampler="ddpm", seed=seed,
+                                          progress=progress)
+        entry["variants"]["ddim"] = {"label": f"DDIM-{c.sampling_steps}",
+                                     "steps": c.sampling_steps, "images_per_second": ddim_speed}
+        entry["variants"]["ddpm"] = {
+            "label": f"DDPM-{c.timesteps}", "steps": c.timesteps, "images_per_second": ddpm_speed,
+            "evaluate": False,  # too few images for distribution metrics; timed and shown
+        }
+        return entry, {"ddim": ddim, "ddpm": ddpm}
+    if model_name == "latent":
+        from lungkit.models.latent import train_latent_for_experiment
+
+        return train_latent_for_experiment(config, train_x, train_y, out_dir, _train,
+                                           timed_generate, progress=progress)
+    raise ValueError(f"`model_name` must be one of {MODEL_NAMES}. Received: {model_name!r}")
+
+
+def _variant(results, model, variant):
+    return results["models"].get(model, {}).get("variants", {}).get(variant)
+
+
+def check_claims(results):
+    """Checks each of the paper's conclusions against the measured numbers.
+
+    Returns a list of dicts `{claim, verdict ("PASS" | "FAIL" | "N/A"), evidence}`.
+    """
+    claims = []
+
+    def add(claim, passed, evidence):
+        verdict = "N/A" if passed is None else ("PASS" if passed else "FAIL")
+        claims.append({"claim": claim, "verdict": verdict, "evidence": evidence})
+
+    vae = _variant(results, "vae", "vae")
+    ddim = _variant(results, "diffusion", "ddim")
+    ddpm = _variant(results, "diffusion", "ddpm")
+    paper = _variant(results, "denoiser", "denoiser_paper")
+    from_noise = _variant(results, "denoiser", "denoiser_noise")
+    models = results["models"]
+
+    if "vae" in models and "denoiser" in models:
+        v, d = models["vae"]["seconds_per_epoch"], models["denoiser"]["seconds_per_epoch"]
+        add("The VAE trains faster per epoch than the diffusion (denoiser) model.", v < d,
+            f"VAE {v:.2f} s/epoch vs denoiser {d:.2f} s/epoch")
+    if vae and ddim:
+        v, d = vae["images_per_second"], ddim["images_per_second"]
+        add("The VAE generates images faster than the diffusion model.", v > d,
+            f"VAE {v:.1f} img/s vs DDIM-{ddim['steps']} {d:.2f} img/s"
+            + (f" vs DDPM-{ddpm['steps']} {ddpm['images_per_second']:.3f} img/s" if ddpm else ""))
+        vs, ds = vae["metrics"]["sharpness_mean"], ddim["metrics"]["sharpness_mean"]
+        real = results.get("real_metrics", {}).get("sharpness_mean")
+        add("VAE samples are blurrier than diffusion samples.", vs < ds,
+            f"sharpness (variance of Laplacian) VAE {vs:.1f} vs DDIM {ds:.1f}"
+            + (f" (real images {real:.1f})" if real is not None else ""))
+        vf, df = vae["metrics"].get("kid_mean"), ddim["metrics"].get("kid_mean")
+        if vf is not None and df is not None:
+            add("Diffusion samples keep more detail of real CT than VAE samples (lower KID/FID).",
+                df < vf,
+                f"KID VAE {vf:.4f} vs DDIM {df:.4f}; FID VAE {vae['metrics']['fid']:.2f} "
+                f"vs DDIM {ddim['metrics']['fid']:.2f}")
+    if paper:
+        share = paper["metrics"].get("memorization_share")
+        sim = paper["metrics"].get("nearest_similarity_mean")
+        add("The paper's denoiser 'almost perfectly imitates the original image' "
+            "(its samples are noised training images, restored).",
+            None if share is None else share >= 0.5,
+            f"{share:.0%} of its samples are near-copies of a training image "
+            f"(mean nearest similarity {sim:.3f})" if share is not None else "not measured")
+    if paper and from_noise:
+        pf, nf = paper["metrics"].get("kid_mean"), from_noise["metrics"].get("kid_mean")
+        if pf is not None and nf is not None:
+            add("The paper's denoiser is not a generative model: from pure noise it does not "
+                "produce CT slices.", nf > pf,
+                f"KID from noise {nf:.4f} vs from noised real images {pf:.4f}")
+    return claims
+
+
+def _write_json(data, path):
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

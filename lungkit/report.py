@@ -1,0 +1,253 @@
+"""Writes the comparison report: report.md, a self-contained report.html, figures/*.png.
+
+The report is built once as a list of blocks (headings, paragraphs, tables, figures) and
+rendered twice, to Markdown and to HTML with the figures embedded, so the two never disagree.
+`metrics.json` is written by `lungkit.experiment`; this module only reads the results dict.
+"""
+
+import base64
+import datetime
+import html
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ("Normal", "Benign", "Malignant")  # labels 0, 1, 2 (lungkit.data.images)
+SAMPLES_PER_FIGURE = 16
+# (key in metrics, column title, format) for the results table
+METRIC_COLUMNS = (
+    ("sharpness_mean", "Sharpness", "{:.1f}"),
+    ("fid", "FID", "{:.2f}"),
+    ("kid_mean", "KID", "{:.4f}"),
+    ("precision", "Precision", "{:.2f}"),
+    ("recall", "Recall", "{:.2f}"),
+    ("ms_ssim_diversity", "MS-SSIM (lower = diverse)", "{:.3f}"),
+    ("memorization_share", "Near-copies", "{:.0%}"),
+)
+
+
+def _fmt(value, pattern):
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    return pattern.format(value)
+
+
+def _results_table(results):
+    header = ["Model", "Parameters", "s / epoch", "Train img/s", "Generate img/s"]
+    header += [title for _, title, _ in METRIC_COLUMNS]
+    rows = []
+    for entry in results["models"].values():
+        for variant in entry["variants"].values():
+            metrics = variant.get("metrics") or {}
+            row = [variant["label"], f"{entry['parameters']:,}",
+                   _fmt(entry["seconds_per_epoch"], "{:.2f}"),
+                   _fmt(entry["train_images_per_second"], "{:.1f}"),
+                   _fmt(variant["images_per_second"], "{:.3g}")]
+            row += [_fmt(metrics.get(key), pattern) for key, _, pattern in METRIC_COLUMNS]
+            if key_kid_std := metrics.get("kid_std"):
+                row[header.index("KID")] += f" ± {key_kid_std:.4f}"
+            rows.append(row)
+    real = results.get("real_metrics")
+    if real:
+        row = ["Real training images (reference)", "–", "–", "–", "–"]
+        row += [_fmt(real.get(key), pattern) for key, _, pattern in METRIC_COLUMNS]
+        rows.append(row)
+    return header, rows
+
+
+def _figures(results, samples, real, figures_dir):
+    """Draws every figure; returns a list of `(path, caption)`."""
+    from lungkit import viz
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    real_x, real_y = real
+    made = []
+
+    # Fig. 1: real slices per class (the paper's Figure 1)
+    rows = {}
+    for label, name in enumerate(CLASS_NAMES):
+        picked = real_x[np.asarray(real_y) == label][:6]
+        if len(picked):
+            rows[name] = picked
+    path = figures_dir / "fig1_real_per_class.png"
+    viz.comparison_figure(rows, path, ncols=6)
+    made.append((path, "Figure 1. Real training slices, one row per class."))
+
+    if "vae" in samples:
+        path = figures_dir / "fig2_vae_samples.png"
+        viz.save_grid(samples["vae"][:SAMPLES_PER_FIGURE], path, title="VAE samples")
+        made.append((path, "Figure 2. VAE samples (z ~ N(0, I), decoded)."))
+
+    diffusion_rows = {}
+    for variant, images in samples.items():
+        if variant == "vae":
+            continue
+        label = next(e["variants"][variant]["label"] for e in results["models"].values()
+                     if variant in e["variants"])
+        diffusion_rows[label] = images[:8]
+    if diffusion_rows:
+        path = figures_dir / "fig3_diffusion_samples.png"
+        viz.comparison_figure(diffusion_rows, path, ncols=8)
+        made.append((path, "Figure 3. Samples of the diffusion-family models, one row per "
+                           "model and sampler."))
+
+    for number, (model, title) in enumerate(
+        (("vae", "VAE training losses"), ("denoiser", "Denoiser training loss (MSE)"),
+         ("diffusion", "DDPM training loss"), ("latent", "Latent diffusion training loss")),
+        start=4,
+    ):
+        entry = results["models"].get(model)
+        if not entry:
+            continue
+        history = {k: v for k, v in entry["history"].items() if k.endswith("loss")}
+        if history:
+            path = figures_dir / f"fig{number}_{model}_curves.png"
+            viz.plot_history(history, path=path, title=title)
+            made.append((path, f"Figure {number}. {title} per epoch."))
+
+    labels, speeds = [], []
+    for entry in results["models"].values():
+        for variant in entry["variants"].values():
+            labels.append(variant["label"])
+            speeds.append(variant["images_per_second"])
+    if labels:
+        path = figures_dir / "speed.png"
+        viz.bar_chart(labels, speeds, path, xlabel="images per second (log scale)",
+                      title="Generation speed", log=True)
+        made.append((path, "Generation speed: images per second on this machine."))
+        scored = [(v["label"], v["metrics"]) for e in results["models"].values()
+                  for v in e["variants"].values() if v.get("metrics")]
+        if scored:
+            path = figures_dir / "sharpness.png"
+            values = [m.get("sharpness_mean", np.nan) for _, m in scored]
+            names = [name for name, _ in scored]
+            if results.get("real_metrics"):
+                names.append("Real images")
+                values.append(results["real_metrics"].get("sharpness_mean", np.nan))
+            viz.bar_chart(names, values, path, xlabel="variance of the Laplacian",
+                          title="Sharpness (higher = sharper)")
+            made.append((path, "Sharpness of the samples beside the real images."))
+    return made
+
+
+def build_blocks(results, figures):
+    """The report as blocks: ("h1"|"h2"|"p"|"table"|"figure", payload)."""
+    config, data = results["config"], results["data"]
+    blocks = [("h1", f"lungkit comparison report: {config['name']}")]
+    blocks.append(("p", (
+        f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} in {results['wall_seconds']:.0f} s. "
+        f"Data: {data['source']} ({data['data_dir']}), {data['n_images']} slices "
+        f"(Normal / Benign / Malignant = {' / '.join(map(str, data['class_counts']))}), "
+        f"{config['image_size']}x{config['image_size']} px, {config['channels']} channel(s); "
+        f"{data['n_train']} for training, {data['n_test']} held out.")))
+    blocks.append(("p", (
+        f"FID, KID, precision and recall use features from **{results['feature_extractor']}**, "
+        f"{config['n_generate']} generated images per model against the {data['n_test']} "
+        "held-out real images; memorization compares each sample with its nearest training "
+        "image. The split is by file: IQ-OTH/NCCD files carry no patient id, so slices of one "
+        "patient can fall on both sides, which flatters FID and memorization figures. "
+        "With so few images FID is strongly biased upwards; KID is the less biased of the two.")))
+    if results.get("claims"):
+        blocks.append(("h2", "The paper's claims, checked"))
+        blocks.append(("table", (["Claim", "Verdict", "Measured"],
+                                 [[c["claim"], c["verdict"], c["evidence"]]
+                                  for c in results["claims"]])))
+    blocks.append(("h2", "Results"))
+    blocks.append(("table", _results_table(results)))
+    blocks.append(("h2", "Figures"))
+    for path, caption in figures:
+        blocks.append(("figure", (path, caption)))
+    return blocks
+
+
+def _inline(text):
+    """Markdown bold (**x**) to HTML, everything else escaped."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_markdown(blocks, base):
+    lines = []
+    for kind, payload in blocks:
+        if kind == "h1":
+            lines += [f"# {payload}", ""]
+        elif kind == "h2":
+            lines += [f"## {payload}", ""]
+        elif kind == "p":
+            lines += [payload, ""]
+        elif kind == "table":
+            header, rows = payload
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "---|" * len(header))
+            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
+                      for row in rows]
+            lines.append("")
+        elif kind == "figure":
+            path, caption = payload
+            lines += [f"![{caption}]({Path(path).relative_to(base).as_posix()})", "",
+                      f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+HTML_STYLE = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+td.PASS { color: #0a6b2d; font-weight: bold; } td.FAIL { color: #a11; font-weight: bold; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-style: italic; color: #555; }
+"""
+
+
+def render_html(blocks):
+    body = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(payload)}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline(payload)}</p>")
+        elif kind == "table":
+            header, rows = payload
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                        + "</tr>")
+            for row in rows:
+                cells = "".join(f'<td class="{html.escape(str(c))}">{html.escape(str(c))}</td>'
+                                for c in row)
+                body.append(f"<tr>{cells}</tr>")
+            body.append("</table>")
+        elif kind == "figure":
+            path, caption = payload
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            body.append(f'<figure><img src="data:image/png;base64,{data}" '
+                        f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+                        "</figcaption></figure>")
+    title = html.escape(blocks[0][1]) if blocks and blocks[0][0] == "h1" else "lungkit report"
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{title}</title><style>{HTML_STYLE}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(results, samples, real, out_dir):
+    """Draws the figures and writes `report.md` and `report.html` into `out_dir`.
+
+    Args:
+        results: the results dict of `lungkit.experiment.compare`.
+        samples: `{variant: float32 images (N, H, W, C) in [0, 1]}`.
+        real: `(images, labels)` of real training images for Figure 1.
+        out_dir: the run folder; figures go to `out_dir/figures`.
+
+    Returns:
+        The path of report.html.
+    """
+    out_dir = Path(out_dir)
+    figures = _figures(results, samples, real, out_dir / "figures")
+    blocks = build_blocks(results, figures)
+    (out_dir / "report.md").write_text(render_markdown(blocks, out_dir))
+    (out_dir / "report.html").write_text(render_html(blocks))
+    logger.info("Wrote %s and %s", out_dir / "report.md", out_dir / "report.html")
+    return out_dir / "report.html"
