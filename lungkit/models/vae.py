@@ -1,0 +1,366 @@
+"""The paper's variational autoencoder (Kingma & Welling, 2014) for CT slices.
+
+Chen (2024) trains the Keras example VAE: 3x3 convolutions with stride 2 and ReLU, a dense
+layer to the latent mean and log-variance, and the mirror image with transposed convolutions
+and a sigmoid output. The loss is binary cross-entropy summed over every pixel and channel of
+an image (about 37,000 at 128x128x3, the paper's Figure 4) plus the KL divergence to N(0, I).
+
+Notation:
+
+    code name            paper / Kingma & Welling
+    z_mean, z_log_var    mu, log sigma^2 of q(z | x)
+    epsilon              epsilon ~ N(0, I), the reparameterisation noise
+    beta                 KL weight (beta-VAE, Higgins et al., 2017); 1.0 = the plain ELBO
+"""
+
+import logging
+
+import keras
+import numpy as np
+from keras import ops
+
+from lungkit.models.base import GenerativeModel
+
+logger = logging.getLogger(__name__)
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256  # the sizes the issue promises to support
+DEFAULT_WIDTHS = (32, 64, 128, 256)  # filters per stride-2 convolution, as the Keras example grows
+DEFAULT_DENSE_UNITS = 256  # hidden dense layer before z_mean / z_log_var
+RECONSTRUCTIONS = ("bce", "mse")
+
+
+def kl_divergence(z_mean, z_log_var):
+    """KL(q(z | x) || N(0, I)) for a diagonal Gaussian q, summed over latent dimensions.
+
+    `KL = -0.5 * sum(1 + log sigma^2 - mu^2 - sigma^2)` (Kingma & Welling, 2014, appendix B).
+
+    Args:
+        z_mean: float `(batch, latent_dim)`.
+        z_log_var: float `(batch, latent_dim)`, the log-variance.
+
+    Returns:
+        float32 `(batch,)`, non-negative.
+    """
+    z_mean = ops.cast(z_mean, "float32")
+    z_log_var = ops.cast(z_log_var, "float32")
+    terms = 1.0 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var)
+    return -0.5 * ops.sum(terms, axis=-1)
+
+
+def reconstruction_loss(images, reconstructions, kind="bce"):
+    """Per-image reconstruction loss summed over every pixel and channel.
+
+    Args:
+        images: float `(batch, H, W, C)` targets in [0, 1].
+        reconstructions: float `(batch, H, W, C)` decoder outputs in [0, 1].
+        kind: `"bce"` (binary cross-entropy, the paper's loss) or `"mse"` (squared error).
+
+    Returns:
+        float32 `(batch,)`.
+    """
+    if kind not in RECONSTRUCTIONS:
+        raise ValueError(f"`kind` must be one of {RECONSTRUCTIONS}. Received: kind={kind!r}")
+    images = ops.cast(images, "float32")
+    reconstructions = ops.cast(reconstructions, "float32")
+    if kind == "bce":
+        # Clipped like keras.losses.binary_crossentropy so a saturated sigmoid gives no log(0).
+        eps = keras.config.epsilon()
+        probs = ops.clip(reconstructions, eps, 1.0 - eps)
+        per_pixel = -(images * ops.log(probs) + (1.0 - images) * ops.log(1.0 - probs))
+    else:
+        per_pixel = ops.square(images - reconstructions)
+    return ops.sum(per_pixel, axis=(1, 2, 3))
+
+
+@keras.saving.register_keras_serializable(package="lungkit")
+class Sampling(keras.layers.Layer):
+    """Reparameterisation trick: `z = z_mean + exp(0.5 * z_log_var) * epsilon`.
+
+    Call on `[z_mean, z_log_var]`, each `(batch, latent_dim)`; returns float32
+    `(batch, latent_dim)`. Its noise comes from its own `SeedGenerator`.
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # stays float32 under mixed precision
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype,
+                                      seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
+                  dense_units=DEFAULT_DENSE_UNITS, name="encoder"):
+    """Strided-convolution encoder: images -> `(z_mean, z_log_var)`.
+
+    Each width adds a 3x3 convolution with stride 2 and ReLU, as the Keras example VAE the
+    paper trains; then flatten, a ReLU dense layer and two linear float32 heads.
+
+    Args:
+        image_size: side of the square input, divisible by `2 ** len(widths)`.
+        channels: 1 or 3.
+        latent_dim: size of z.
+        widths: filters per downsampling convolution.
+        dense_units: size of the hidden dense layer (0 skips it).
+
+    Returns:
+        `keras.Model` mapping float32 `(batch, image_size, image_size, channels)` in [0, 1]
+        to two float32 `(batch, latent_dim)` tensors.
+    """
+    images = keras.Input((image_size, image_size, channels), name="images")
+    x = images
+    for i, width in enumerate(widths):
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu",
+                                name=f"down_{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    if dense_units:
+        x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
+    z_mean = keras.layers.Dense(latent_dim, dtype="float32", name="z_mean")(x)
+    z_log_var = keras.layers.Dense(latent_dim, dtype="float32", name="z_log_var")(x)
+    return keras.Model(images, [z_mean, z_log_var], name=name)
+
+
+def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, name="decoder"):
+    """Mirror of `build_encoder`: z -> images.
+
+    Dense to a `(image_size / 2**depth)`-sided feature map of `widths[-1]` channels, one 3x3
+    transposed convolution with stride 2 and ReLU per width (in reverse), then a 3x3
+    convolution with a float32 sigmoid.
+
+    Returns:
+        `keras.Model` mapping float32 `(batch, latent_dim)` to float32
+        `(batch, image_size, image_size, channels)` in [0, 1].
+    """
+    side = image_size // 2 ** len(widths)
+    z = keras.Input((latent_dim,), name="z")
+    x = keras.layers.Dense(side * side * widths[-1], activation="relu", name="dense")(z)
+    x = keras.layers.Reshape((side, side, widths[-1]), name="reshape")(x)
+    for i, width in enumerate(reversed(widths)):
+        x = keras.layers.Conv2DTranspose(width, 3, strides=2, padding="same",
+                                         activation="relu", name=f"up_{i}")(x)
+    images = keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid",
+                                 dtype="float32", name="images")(x)
+    return keras.Model(z, images, name=name)
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
+@keras.saving.register_keras_serializable(package="lungkit")
+class VAE(GenerativeModel):
+    """VAE for CT slices `(batch, H, W, C)` float32 in [0, 1]; latents `(batch, latent_dim)`.
+
+    Args:
+        image_size: side of the square images, 32 to 256, divisible by `2 ** len(widths)`.
+        channels: 1 (grayscale) or 3 (RGB, the paper).
+        latent_dim: size of z.
+        widths: filters per stride-2 convolution of the encoder (mirrored in the decoder).
+        dense_units: hidden dense layer of the encoder (0: none).
+        reconstruction: `"bce"` (the paper) or `"mse"`, both summed over pixels per image.
+        beta: weight of the KL term (1.0: the ELBO).
+        num_classes: reserved for the conditional VAE; must be None for now.
+        seed: seeds the reparameterisation noise and `generate(seed=None)`.
+    """
+
+    loss_names = ("loss", "reconstruction_loss", "kl_loss")
+
+    def __init__(self, image_size=128, channels=3, latent_dim=128, widths=DEFAULT_WIDTHS,
+                 dense_units=DEFAULT_DENSE_UNITS, reconstruction="bce", beta=1.0,
+                 num_classes=None, seed=None, **kwargs):
+        widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
+        if not isinstance(widths, tuple) or not widths:
+            raise ValueError(f"`widths` must be a non-empty tuple of positive integers. "
+                             f"Received: widths={widths!r}")
+        for width in widths:
+            _check_positive_int("widths", width)
+        _check_positive_int("image_size", image_size)
+        factor = 2 ** len(widths)
+        if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE or image_size % factor:
+            raise ValueError(
+                f"`image_size` must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} and "
+                f"divisible by {factor} (2 ** len(widths) for {len(widths)} downsamplings). "
+                f"Received: image_size={image_size}")
+        if channels not in (1, 3):
+            raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
+        _check_positive_int("latent_dim", latent_dim)
+        if isinstance(dense_units, bool) or not isinstance(dense_units, (int, np.integer)) \
+                or dense_units < 0:
+            raise ValueError(f"`dense_units` must be an integer >= 0. "
+                             f"Received: dense_units={dense_units!r}")
+        if reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"`reconstruction` must be one of {RECONSTRUCTIONS}. "
+                             f"Received: reconstruction={reconstruction!r}")
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
+            raise ValueError(f"`beta` must be a number >= 0. Received: beta={beta!r}")
+        if num_classes is not None:
+            raise ValueError("`num_classes` is reserved for the conditional VAE, which is not "
+                             f"implemented yet; pass None. Received: num_classes={num_classes!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        super().__init__(**kwargs)
+        self.image_size, self.channels, self.latent_dim = int(image_size), channels, int(latent_dim)
+        self.widths, self.dense_units = tuple(int(w) for w in widths), int(dense_units)
+        self.reconstruction, self.beta = reconstruction, float(beta)
+        self.num_classes, self.seed = num_classes, seed
+        self.encoder = build_encoder(self.image_size, channels, self.latent_dim, self.widths,
+                                     self.dense_units)
+        self.decoder = build_decoder(self.image_size, channels, self.latent_dim, self.widths)
+        self.sampler = Sampling(seed=seed, name="sampler")
+        # Separate stream for generate(seed=None), so sampling does not shift training noise.
+        self.generation_seeds = keras.random.SeedGenerator(
+            None if seed is None else seed + 1, name="generation_seeds")
+        # Every weight exists now (functional encoder/decoder), so the model counts as built:
+        # load_model then restores the optimizer state too.
+        self.built = True
+        logger.debug("VAE %dx%dx%d, latent %d: encoder %d, decoder %d parameters",
+                     image_size, image_size, channels, latent_dim,
+                     self.encoder.count_params(), self.decoder.count_params())
+
+    @property
+    def image_shape(self):
+        """`(image_size, image_size, channels)`."""
+        return (self.image_size, self.image_size, self.channels)
+
+    def check_images(self, images, argument="images"):
+        """Raises ValueError unless `images` has shape `(batch, *image_shape)`.
+
+        Works on arrays and on symbolic tensors (checked once, when `fit` traces its step).
+        """
+        shape = tuple(images.shape)
+        expected = (None, *self.image_shape)
+        if len(shape) != 4 or any(s is not None and s != e for s, e in zip(shape[1:], expected[1:], strict=True)):
+            raise ValueError(
+                f"`{argument}` must have shape (batch, {self.image_size}, {self.image_size}, "
+                f"{self.channels}) for this VAE (image_size={self.image_size}, "
+                f"channels={self.channels}). Received: shape={shape}")
+
+    def _as_images(self, images):
+        """Public-boundary conversion: numpy float32 `(batch, *image_shape)` in [0, 1]."""
+        images = np.asarray(images)
+        if images.ndim == 3 and self.channels == 1 and images.shape[1:] == self.image_shape[:2]:
+            images = images[..., None]  # (batch, H, W) grayscale
+        self.check_images(images)
+        if images.dtype == np.uint8:
+            return images.astype("float32") / 255.0
+        return images.astype("float32", copy=False)
+
+    def _check_input_data(self, x, argument):
+        """Checks the image shape of arrays or a `tf.data.Dataset` before fit/evaluate run."""
+        spec = getattr(x, "element_spec", None)
+        if spec is not None:  # a tf.data.Dataset of images or (images, labels)
+            if isinstance(spec, (tuple, list)):
+                spec = spec[0]
+            if getattr(spec, "shape", None) is not None and spec.shape.rank is not None:
+                self.check_images(spec, argument)
+        elif isinstance(x, (tuple, list)) and x and hasattr(x[0], "shape"):
+            self.check_images(x[0], argument)
+        elif hasattr(x, "shape") and hasattr(x, "ndim"):
+            self.check_images(x, argument)
+
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking that `x` holds images of this model's shape."""
+        self._check_input_data(x, "x")
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after checking that `x` holds images of this model's shape."""
+        self._check_input_data(x, "x")
+        return super().evaluate(x, *args, **kwargs)
+
+    def call(self, images, training=False):
+        """Reconstructs `images`: samples z while training, uses `z_mean` otherwise."""
+        self.check_images(images)
+        z_mean, z_log_var = self.encoder(images, training=training)
+        z = self.sampler([z_mean, z_log_var]) if training else z_mean
+        return self.decoder(z, training=training)
+
+    def compute_losses(self, images, labels=None, training=False):
+        """Returns `(loss, reconstruction_loss, kl_loss)`, float32 scalars, batch means.
+
+        `loss = reconstruction_loss + beta * kl_loss`; both terms are summed per image (over
+        pixels and latent dimensions) and averaged over the batch, the paper's scale.
+        """
+        self.check_images(images)
+        images = ops.cast(images, "float32")
+        z_mean, z_log_var = self.encoder(images, training=training)
+        z = self.sampler([z_mean, z_log_var])
+        reconstructions = self.decoder(z, training=training)
+        recon = ops.mean(reconstruction_loss(images, reconstructions, self.reconstruction))
+        kl = ops.mean(kl_divergence(z_mean, z_log_var))
+        return recon + self.beta * kl, recon, kl
+
+    def encode(self, images, batch_size=256):
+        """Encodes images into the parameters of q(z | x).
+
+        Args:
+            images: `(n, H, W, C)` float in [0, 1] (uint8 is divided by 255).
+
+        Returns:
+            `(z_mean, z_log_var)`, float32 numpy arrays `(n, latent_dim)`.
+        """
+        images = self._as_images(images)
+        _check_positive_int("batch_size", batch_size)
+        outputs = [self.encoder(images[i:i + batch_size], training=False)
+                   for i in range(0, len(images), batch_size)]
+        z_mean = np.concatenate([ops.convert_to_numpy(m) for m, _ in outputs]) if outputs else \
+            np.zeros((0, self.latent_dim), "float32")
+        z_log_var = np.concatenate([ops.convert_to_numpy(v) for _, v in outputs]) if outputs \
+            else np.zeros((0, self.latent_dim), "float32")
+        return z_mean.astype("float32"), z_log_var.astype("float32")
+
+    def decode(self, z, batch_size=256):
+        """Decodes latents `(n, latent_dim)` to float32 images `(n, H, W, C)` in [0, 1]."""
+        z = np.asarray(z, dtype="float32")
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"`z` must have shape (n, {self.latent_dim}). "
+                             f"Received: shape={z.shape}")
+        _check_positive_int("batch_size", batch_size)
+        # One eager forward pass per batch: a single decoder call, no per-step loop to compile.
+        batches = [ops.convert_to_numpy(self.decoder(z[i:i + batch_size], training=False))
+                   for i in range(0, len(z), batch_size)]
+        images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape))
+        return np.clip(images.astype("float32"), 0.0, 1.0)
+
+    def reconstruct(self, images, batch_size=256):
+        """Deterministic reconstructions (decoded `z_mean`), float32 `(n, H, W, C)` in [0, 1]."""
+        z_mean, _ = self.encode(images, batch_size=batch_size)
+        return self.decode(z_mean, batch_size=batch_size)
+
+    def generate(self, n, seed=None, batch_size=256):
+        """Samples `n` new images by decoding z ~ N(0, I).
+
+        Args:
+            n: number of images.
+            seed: int for reproducible samples (same seed, same images); None draws from the
+                model's own generator (different images every call).
+            batch_size: images decoded per batch.
+
+        Returns:
+            float32 numpy array `(n, H, W, C)` in [0, 1].
+        """
+        _check_positive_int("n", n)
+        _check_positive_int("batch_size", batch_size)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        generator = self.generation_seeds if seed is None else keras.random.SeedGenerator(int(seed))
+        z = keras.random.normal((int(n), self.latent_dim), dtype="float32", seed=generator)
+        return self.decode(ops.convert_to_numpy(z), batch_size=batch_size)
+
+    def get_config(self):
+        return {**super().get_config(), "image_size": self.image_size,
+                "channels": self.channels, "latent_dim": self.latent_dim,
+                "widths": list(self.widths), "dense_units": self.dense_units,
+                "reconstruction": self.reconstruction, "beta": self.beta,
+                "num_classes": self.num_classes, "seed": self.seed}

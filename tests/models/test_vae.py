@@ -1,0 +1,183 @@
+"""Tests for lungkit.models.vae: shapes, loss maths, training, sampling, serialisation."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lungkit.models.vae import VAE, Sampling, kl_divergence, reconstruction_loss
+
+TINY = dict(latent_dim=4, widths=(8, 16), dense_units=16)
+
+
+@pytest.fixture
+def tiny_vae():
+    return VAE(image_size=32, channels=3, seed=0, **TINY)
+
+
+def _losses(model, images):
+    return [float(v) for v in model.compute_losses(tf.constant(images), training=False)]
+
+
+@pytest.mark.parametrize("image_size", [32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes(image_size, channels):
+    model = VAE(image_size=image_size, channels=channels, seed=0, **TINY)
+    images = np.random.rand(3, image_size, image_size, channels).astype("float32")
+    z_mean, z_log_var = model.encode(images)
+    assert z_mean.shape == z_log_var.shape == (3, 4)
+    assert z_mean.dtype == np.float32
+    recon = model.reconstruct(images)
+    assert recon.shape == images.shape and recon.dtype == np.float32
+    assert model(images).shape == images.shape
+    losses = _losses(model, images)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_kl_divergence_matches_hand_computed_closed_form():
+    z_mean = np.array([[0.0, 0.0], [1.0, 2.0]], "float32")
+    z_log_var = np.array([[0.0, 0.0], [math.log(2.0), 0.0]], "float32")
+    # Row 1 is N(0, I) itself: KL = 0. Row 2: -0.5 * [(1 + ln2 - 1 - 2) + (1 + 0 - 4 - 1)]
+    # = -0.5 * (ln2 - 6) = 3 - ln2 / 2.
+    kl = keras.ops.convert_to_numpy(kl_divergence(z_mean, z_log_var))
+    np.testing.assert_allclose(kl, [0.0, 3.0 - math.log(2.0) / 2], rtol=1e-6, atol=1e-7)
+
+
+def test_reconstruction_loss_on_known_pixels():
+    images = np.array([[[[1.0], [0.0]]], [[[0.5], [0.5]]]], "float32")  # (2, 1, 2, 1)
+    recon = np.array([[[[0.5], [0.25]]], [[[0.5], [0.5]]]], "float32")
+    bce = keras.ops.convert_to_numpy(reconstruction_loss(images, recon, "bce"))
+    # -ln 0.5 - ln 0.75 for image 1; 2 * ln 2 (the entropy floor at 0.5) for image 2.
+    np.testing.assert_allclose(bce, [math.log(2) + math.log(4 / 3), 2 * math.log(2)], rtol=1e-5)
+    mse = keras.ops.convert_to_numpy(reconstruction_loss(images, recon, "mse"))
+    np.testing.assert_allclose(mse, [0.25 + 0.0625, 0.0], atol=1e-7)
+    with pytest.raises(ValueError, match="`kind` must be one of"):
+        reconstruction_loss(images, recon, "l1")
+
+
+def test_total_is_reconstruction_plus_beta_kl(tiny_ct_batch):
+    model = VAE(image_size=32, channels=3, beta=0.5, seed=0, **TINY)
+    total, recon, kl = _losses(model, tiny_ct_batch)
+    assert total == pytest.approx(recon + 0.5 * kl, rel=1e-6)
+    # Summed over 32 * 32 * 3 pixels: the paper's per-image scale, not a per-pixel mean.
+    assert 0.3 * 32 * 32 * 3 < recon < 1.5 * 32 * 32 * 3
+
+
+def test_sampling_layer_statistics_and_config():
+    layer = Sampling(seed=3)
+    z_mean = np.full((20000, 2), 2.0, "float32")
+    z_log_var = np.full((20000, 2), math.log(0.25), "float32")
+    z = keras.ops.convert_to_numpy(layer([z_mean, z_log_var]))
+    assert abs(z.mean() - 2.0) < 0.02 and abs(z.std() - 0.5) < 0.02
+    clone = Sampling.from_config(layer.get_config())
+    assert clone.seed == 3
+
+
+def test_fit_reduces_loss_with_exact_metric_names(tiny_ct_batch):
+    model = VAE(image_size=32, channels=3, seed=0, **TINY)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = model.fit(tiny_ct_batch, batch_size=4, epochs=12, verbose=0)
+    assert set(history.history) == {"loss", "reconstruction_loss", "kl_loss"}
+    losses = history.history["loss"]
+    assert all(np.isfinite(v) for values in history.history.values() for v in values)
+    assert losses[-1] < losses[0] - 50  # ~2,130 -> ~1,950 on these 3,072-value images
+    evaluated = model.evaluate(tiny_ct_batch, batch_size=4, verbose=0, return_dict=True)
+    assert set(evaluated) == {"loss", "reconstruction_loss", "kl_loss"}
+
+
+def test_fit_accepts_dataset_with_labels(tiny_ct_batch):
+    model = VAE(image_size=32, channels=3, seed=0, **TINY)
+    model.compile(optimizer="adam")
+    dataset = tf.data.Dataset.from_tensor_slices((tiny_ct_batch, np.arange(4))).batch(2)
+    history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_generate_range_dtype_shape_and_seed(tiny_vae):
+    images = tiny_vae.generate(5, seed=7, batch_size=2)
+    assert images.shape == (5, 32, 32, 3) and images.dtype == np.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    np.testing.assert_array_equal(images, tiny_vae.generate(5, seed=7))
+    assert not np.array_equal(images, tiny_vae.generate(5, seed=8))
+    assert not np.array_equal(tiny_vae.generate(5), tiny_vae.generate(5))
+    with pytest.raises(ValueError, match="`n` must be a positive integer"):
+        tiny_vae.generate(0)
+
+
+def test_save_and_load_round_trip_in_safe_mode(tiny_ct_batch, tmp_path):
+    model = VAE(image_size=32, channels=1, reconstruction="mse", beta=2.0, seed=4, **TINY)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    gray = tiny_ct_batch[..., :1]
+    model.fit(gray, batch_size=2, epochs=1, verbose=0)
+    model.save(tmp_path / "vae.keras")
+    reloaded = keras.models.load_model(tmp_path / "vae.keras", safe_mode=True)
+    assert isinstance(reloaded, VAE)
+    assert reloaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(reloaded.reconstruct(gray), model.reconstruct(gray))
+    np.testing.assert_array_equal(reloaded.generate(3, seed=1), model.generate(3, seed=1))
+    # The optimizer state comes back too, so training resumes where it stopped.
+    assert reloaded.compiled
+    for saved, loaded in zip(model.optimizer.variables, reloaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(loaded))
+
+
+def test_config_round_trips_every_argument():
+    model = VAE(image_size=64, channels=1, latent_dim=6, widths=(8, 8, 16), dense_units=0,
+                reconstruction="mse", beta=0.25, seed=11)
+    clone = VAE.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    assert clone.widths == (8, 8, 16) and clone.count_params() == model.count_params()
+
+
+def test_wrong_input_shape_names_expected_and_received(tiny_vae):
+    tiny_vae.compile(optimizer="adam")
+    expected = r"must have shape \(batch, 32, 32, 3\).*Received: shape=\(2, 16, 16, 3\)"
+    with pytest.raises(ValueError, match=expected):
+        tiny_vae.fit(np.zeros((2, 16, 16, 3), "float32"), epochs=1, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices(np.zeros((4, 32, 32, 1), "float32")).batch(2)
+    with pytest.raises(ValueError, match=r"Received: shape=\(None, 32, 32, 1\)"):
+        tiny_vae.fit(dataset, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"`images` must have shape \(batch, 32, 32, 3\)"):
+        tiny_vae.encode(np.zeros((2, 32, 32, 1), "float32"))
+    with pytest.raises(ValueError, match=r"`z` must have shape \(n, 4\)"):
+        tiny_vae.decode(np.zeros((2, 5), "float32"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(image_size=16), "`image_size` must be between 32 and 256"),
+    (dict(image_size=512), "`image_size` must be between 32 and 256"),
+    (dict(image_size=40), "divisible by 16"),
+    (dict(channels=2), "`channels` must be 1 or 3"),
+    (dict(latent_dim=0), "`latent_dim` must be a positive integer"),
+    (dict(widths=()), "`widths` must be a non-empty tuple"),
+    (dict(reconstruction="l1"), "`reconstruction` must be one of"),
+    (dict(beta=-1.0), "`beta` must be a number >= 0"),
+    (dict(num_classes=3), "`num_classes` is reserved"),
+    (dict(seed="a"), "`seed` must be an integer or None"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VAE(**kwargs)
+
+
+def test_huge_learning_rate_gives_nan_and_terminate_on_nan_stops(tiny_ct_batch):
+    model = VAE(image_size=32, channels=3, seed=0, **TINY)
+    model.compile(optimizer=keras.optimizers.SGD(1e6))
+    history = model.fit(tiny_ct_batch, batch_size=2, epochs=5, verbose=0,
+                        callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.epoch) == 1 and not np.isfinite(history.history["loss"][-1])
+
+
+def test_mixed_precision_keeps_losses_and_outputs_float32(tiny_ct_batch):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = VAE(image_size=32, channels=3, seed=0, **TINY)
+        losses = model.compute_losses(tf.constant(tiny_ct_batch), training=False)
+        assert all(loss.dtype == tf.float32 for loss in losses)
+        assert all(np.isfinite(float(loss)) for loss in losses)
+        assert model.generate(2, seed=0).dtype == np.float32
+        assert model.encoder.layers[1].compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
