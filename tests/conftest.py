@@ -41,3 +41,30 @@ def phantom_dir(tmp_path_factory):
     from lungkit.data.phantom import make_phantom_dataset
 
     return make_phantom_dataset(tmp_path_factory.mktemp("phantom"), per_class=4, size=64, seed=0)
+
+
+@pytest.fixture
+def make_iq_dir(tmp_path):
+    """Factory writing a tiny IQ-OTH/NCCD-style folder of grey JPGs with PIL.
+
+    `make_iq_dir(per_class=3, size=24, benign="Bengin cases", top=("The IQ-OTHNCCD lung
+    cancer dataset",), ext=".jpg")` returns the dataset root; pixel values differ per file
+    (value = 20 * label + 5 * index) so order and labels can be checked.
+    """
+    from PIL import Image
+
+    def make(per_class=3, size=24, benign="Bengin cases", top=("The IQ-OTHNCCD lung cancer dataset",),
+             ext=".jpg", root=None):
+        root = tmp_path / "dataset" if root is None else root
+        base = root.joinpath(*top)
+        folders = ("Normal cases", benign, "Malignant cases")
+        for label, folder in enumerate(folders):
+            (base / folder).mkdir(parents=True, exist_ok=True)
+            stem = folder[:-1]  # "Normal case"
+            for index in range(1, per_class + 1):
+                value = 20 * label + 5 * index
+                Image.fromarray(np.full((size, size), value, np.uint8)).save(
+                    base / folder / f"{stem} ({index}){ext}", quality=95)
+        return root
+
+    return make

@@ -1,0 +1,246 @@
+"""`tf.data` input pipelines: from in-memory arrays, or streamed from image files.
+
+Every dataset yields float32 NHWC batches in [0, 1] (and int32 labels with `with_labels`).
+Streaming decodes files in parallel with `tf.io` (JPG, PNG, BMP, GIF), so a dataset larger
+than memory never becomes a Python list of arrays. DICOM and TIFF cannot be decoded by
+`tf.io`: a file list that holds any of them is decoded for all files by `load_image` inside
+`tf.numpy_function` (Pillow and pydicom, same pixels as `load_data`, parallel threads but
+bound by Python). This module must not import `lungkit.models`.
+"""
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from lungkit.data.images import list_image_files, load_image
+
+logger = logging.getLogger(__name__)
+
+TF_DECODABLE = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads
+AUTOTUNE = tf.data.AUTOTUNE
+JPEG_DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at directly
+
+
+def files_and_labels(data_dir, classes=None):
+    """Image files of a dataset folder and their labels, in `list_image_files` order.
+
+    Returns:
+        `(files, labels)`: list of str paths and int64 array `(N,)` with values 0..2.
+    """
+    items = list_image_files(data_dir, classes=classes)
+    return [str(path) for path, _ in items], np.array([lab for _, lab in items], dtype=np.int64)
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"`{name}` must be an int >= {low}. Received: {name}={value!r}")
+
+
+def _resize_uint8(images, image_size):
+    """Antialiased Lanczos resize of uint8 `(..., H, W, C)` to `image_size`, back to uint8."""
+    resized = tf.image.resize(images, (image_size, image_size), method="lanczos3", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def _decode_jpeg_scaled(contents, image_size):
+    """Decodes a JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps both sides
+    >= image_size, as Pillow's `draft` does in `load_image`: several times faster."""
+    shape = tf.io.extract_jpeg_shape(contents)
+    smaller_side = tf.reduce_min(shape[:2])
+    ratios = JPEG_DCT_RATIOS
+    index = tf.reduce_sum(tf.cast(smaller_side // ratios[1:] >= image_size, tf.int32))
+    branches = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in ratios]
+    return tf.switch_case(index, branches)
+
+
+def _decode_file_tf(path, image_size):
+    """Reads one JPG/PNG/BMP/GIF file as uint8 `(image_size, image_size, 3)`."""
+    contents = tf.io.read_file(path)
+    image = tf.cond(
+        tf.io.is_jpeg(contents),
+        lambda: _decode_jpeg_scaled(contents, image_size),
+        lambda: tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False))
+    image = _resize_uint8(image, image_size)
+    image.set_shape((image_size, image_size, 3))
+    return image
+
+
+def _decode_file_numpy(path, image_size):
+    """Reads any `load_image` format (DICOM, TIFF, ...) through `tf.numpy_function`."""
+    image = tf.numpy_function(lambda p: load_image(p.decode(), size=image_size), [path],
+                              tf.uint8, stateful=False)
+    image.set_shape((image_size, image_size, 3))
+    return image
+
+
+def _finish_batch(images, channels, image_size):
+    """uint8 or float `(B, H, W, C)` -> float32 [0, 1] `(B, image_size, image_size, channels)`."""
+    if images.shape[1] != image_size or images.shape[2] != image_size:
+        if images.dtype == tf.uint8:
+            images = _resize_uint8(images, image_size)
+        else:
+            images = tf.clip_by_value(tf.image.resize(
+                images, (image_size, image_size), method="lanczos3", antialias=True), 0.0, 1.0)
+    if images.dtype == tf.uint8:
+        images = tf.cast(images, tf.float32) / 255.0
+    images = tf.cast(images, tf.float32)
+    if images.shape[-1] == 3 and channels == 1:
+        images = tf.reduce_mean(images, axis=-1, keepdims=True)
+    elif images.shape[-1] == 1 and channels == 3:
+        images = tf.repeat(images, 3, axis=-1)
+    return images
+
+
+def _cache_path(cache, files, image_size, channels):
+    """A cache file name that changes with the file list and decode settings."""
+    digest = hashlib.sha1("\n".join(files).encode()).hexdigest()[:12]
+    base = Path(cache)
+    if base.is_dir():
+        base = base / "lungkit-cache"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    return f"{base}-{image_size}px-{channels}ch-{digest}"
+
+
+def _split_files(files, labels):
+    """`files` as str paths and labels (from `(path, label)` tuples or `labels`)."""
+    files = list(files)
+    if files and isinstance(files[0], (tuple, list)):
+        if labels is not None:
+            raise ValueError("Pass labels either inside `files` as (path, label) tuples or as "
+                             "`labels`, not both.")
+        files, labels = [str(p) for p, _ in files], [lab for _, lab in files]
+    else:
+        files = [str(p) for p in files]
+    if not files:
+        raise ValueError("`files` is empty: no image files to stream.")
+    return files, labels
+
+
+def _check_arrays(images):
+    images = np.asarray(images)
+    if images.ndim == 3:  # (N, H, W) grayscale
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise ValueError(f"`images` must be a non-empty NHWC array with 1 or 3 channels. "
+                         f"Received shape {images.shape}")
+    if images.dtype == np.uint8:
+        return images
+    if not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(f"`images` must be uint8 (0..255) or float in [0, 1]. Received dtype "
+                        f"{images.dtype}")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"Float `images` must be in [0, 1]. Received values in "
+                         f"[{images.min():g}, {images.max():g}]")
+    return images.astype(np.float32)
+
+
+def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_size=128,
+                 channels=3, shuffle=True, seed=0, cache=None, repeat=False,
+                 drop_remainder=False, with_labels=False):
+    """Builds a batched, shuffled, prefetched `tf.data.Dataset` of images in [0, 1].
+
+    Give either `images` (in memory) or `files` (streamed). Arrays stay uint8 inside the
+    pipeline and are gathered a batch at a time. Files are decoded in parallel (see module
+    docstring for DICOM/TIFF) and resized with an antialiased Lanczos filter; files that
+    cannot be decoded are dropped with a logged warning (TensorFlow's); with `cache`
+    the decoded uint8 images are cached once and shuffled in a buffer of the whole dataset.
+
+    Shuffling is deterministic for a given `seed` (and TensorFlow global seed, which
+    `keras.utils.set_random_seed` sets) and differs each time the dataset is iterated
+    (each epoch); the order within each pass is reproducible run to run.
+
+    Args:
+        images: uint8 `(N, H, W, C)` or float `(N, H, W, C)` in [0, 1], C in {1, 3}.
+        labels: int `(N,)` class labels, needed for `with_labels` unless `files` holds
+            `(path, label)` tuples (as `list_image_files` returns).
+        files: list of image paths or `(path, label)` tuples.
+        batch_size: images per batch.
+        image_size: output side in pixels (arrays of another size are resized).
+        channels: 1 (channel mean) or 3.
+        shuffle: shuffle the order each pass.
+        seed: shuffle seed.
+        cache: None, "memory", or a path prefix / folder for an on-disk cache of decoded files
+            (the file name includes size, channels and a hash of the file list).
+        repeat: repeat forever (then pass `steps_per_epoch` to `fit`).
+        drop_remainder: drop a last, smaller batch (gives a static batch dimension).
+        with_labels: yield `(images, labels)` with int32 labels instead of `images` alone.
+
+    Returns:
+        `tf.data.Dataset` of float32 `(B, image_size, image_size, channels)` in [0, 1]
+        (and int32 `(B,)`).
+    """
+    _check_int("batch_size", batch_size, 1)
+    _check_int("image_size", image_size, 1)
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
+    if (images is None) == (files is None):
+        raise ValueError("Pass exactly one of `images` (arrays) or `files` (paths to stream).")
+    if cache is not None and not isinstance(cache, (str, Path)):
+        raise TypeError(f"`cache` must be None, 'memory' or a path. Received: {cache!r}")
+    if files is not None:
+        files, labels = _split_files(files, labels)
+    else:
+        images = _check_arrays(images)
+    count = len(files) if files is not None else len(images)
+    if with_labels:
+        if labels is None:
+            raise ValueError("`with_labels=True` needs `labels` (or (path, label) tuples in "
+                             "`files`).")
+        labels = np.asarray(labels).astype(np.int32)
+        if labels.shape != (count,):
+            raise ValueError(f"`labels` must have shape ({count},), one per image. Received "
+                             f"shape {labels.shape}")
+
+    def finish(batch, batch_labels=None):
+        batch = _finish_batch(batch, channels, image_size)
+        return batch if batch_labels is None else (batch, batch_labels)
+
+    if files is None:
+        if cache is not None:
+            logger.info("`cache`=%r ignored: in-memory arrays need no cache.", cache)
+        images_t = tf.convert_to_tensor(images)
+        labels_t = tf.convert_to_tensor(labels) if with_labels else None
+        dataset = tf.data.Dataset.range(count)
+        if shuffle:
+            dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(
+            lambda index: finish(tf.gather(images_t, index),
+                                 None if labels_t is None else tf.gather(labels_t, index)),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+        return dataset.prefetch(AUTOTUNE)
+
+    native = all(Path(f).suffix.lower() in TF_DECODABLE for f in files)
+    decode_file = _decode_file_tf if native else _decode_file_numpy
+    if not native:
+        logger.info("Decoding %d files with load_image via tf.numpy_function (DICOM/TIFF "
+                    "present; tf.io cannot read them).", count)
+    slices = (files, labels) if with_labels else (files,)
+    dataset = tf.data.Dataset.from_tensor_slices(slices)
+
+    def decode(path, label=None):
+        image = decode_file(path, image_size)
+        return (image,) if label is None else (image, label)
+
+    if cache is None:
+        if shuffle:
+            dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        # Unreadable files are dropped with a logged warning, as load_data skips them.
+        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = dataset.ignore_errors(log_warning=True)
+    else:
+        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = dataset.ignore_errors(log_warning=True).cache("" if cache == "memory"
+                                else _cache_path(cache, files, image_size, channels))
+        if shuffle:
+            dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.prefetch(AUTOTUNE)
