@@ -1,0 +1,334 @@
+"""Feature extractors for FID, KID and precision/recall, and the small CT classifier.
+
+Two extractors share one interface (`FeatureExtractor`: a `name` and `__call__(images)`
+returning `(N, D)` features):
+
+- `InceptionFeatures`: InceptionV3 average-pool features (2048-d), the network FID was
+  defined with (Heusel et al., 2017). Used only when its ImageNet weights are on disk: an
+  explicit path or the Keras cache file. Nothing here ever downloads them.
+- `DomainEncoder`: a small Normal/Benign/Malignant CNN trained on the real training images;
+  its penultimate layer is the feature space. Numbers from it are comparable only between runs
+  that use the same encoder, which is why the encoder's `name` carries a hash of its data.
+
+`build_classifier` / `train_classifier` are the same CNN, reused by `lungkit.metrics` for class
+fidelity and "train on synthetic, test on real".
+"""
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+NUM_CLASSES = 3  # Normal, Benign, Malignant (lungkit.data.images.CLASS_NAMES)
+INCEPTION_SIZE = 299  # InceptionV3's native input size (Szegedy et al., 2016)
+INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras name
+DOMAIN_WIDTHS = (16, 32, 64)  # conv widths of the domain CNN: seconds per epoch on CPU at 64 px
+DOMAIN_FEATURE_DIMS = 64  # size of the penultimate ("features") layer
+MIN_TRAIN_STEPS = 100  # optimizer steps a classifier gets at least: tiny sets (tens of
+# images, one or two batches per epoch) otherwise stop at chance after a few epochs
+KINDS = ("auto", "inception", "domain")
+
+
+def check_images(images, name="images"):
+    """Validates an NHWC float batch in [0, 1] and returns it as float32 numpy.
+
+    Raises:
+        ValueError: naming `name` when the rank, channel count or value range is wrong.
+    """
+    images = np.asarray(images, dtype="float32")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"`{name}` must be NHWC with 1 or 3 channels. Received shape {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one image. Received shape {images.shape}")
+    low, high = float(images.min()), float(images.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(f"`{name}` must be float in [0, 1]. Received values in [{low:.3g}, {high:.3g}]")
+    return np.clip(images, 0.0, 1.0)
+
+
+def resize_images(images, size, channels):
+    """Resizes a float batch `(N, H, W, C)` to `(N, size, size, channels)` (tiles or averages C)."""
+    images = np.asarray(images, dtype="float32")
+    if images.shape[-1] != channels:
+        if channels == 3:
+            images = np.repeat(images, 3, axis=-1)  # grayscale tiled, as ImageNet nets expect
+        else:
+            images = images.mean(axis=-1, keepdims=True)
+    if images.shape[1:3] != (size, size):
+        images = keras.ops.convert_to_numpy(
+            keras.ops.image.resize(images, (size, size), interpolation="bilinear", antialias=True)
+        )
+    return images.astype("float32")
+
+
+def data_hash(*arrays):
+    """A short, stable sha1 of arrays' shapes, dtypes and bytes (the cache key of real data)."""
+    digest = hashlib.sha1()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}{array.dtype}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+class FeatureExtractor:
+    """Maps float images `(N, H, W, C)` in [0, 1] to features `(N, D)` float32, in batches."""
+
+    name = "features"
+
+    def __init__(self, batch_size=64):
+        self.batch_size = batch_size
+
+    def embed_batch(self, images):
+        """Features of one validated batch; subclasses implement it."""
+        raise NotImplementedError
+
+    def __call__(self, images, progress=False):
+        images = check_images(images)
+        starts = range(0, len(images), self.batch_size)
+        features = [
+            np.asarray(self.embed_batch(images[start : start + self.batch_size]), dtype="float32")
+            for start in tqdm(starts, desc=self.name, disable=not progress)
+        ]
+        return np.concatenate(features, axis=0)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+# --------------------------------------------------------------------------- Inception
+def keras_cache_dir():
+    """Where `keras.utils.get_file` keeps downloaded weights (`$KERAS_HOME/models`)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+
+
+def find_inception_weights(weights=None):
+    """Returns the local InceptionV3 no-top weights file, or None when there is none.
+
+    Args:
+        weights: an explicit `.h5` path; None looks in the Keras cache only.
+
+    Raises:
+        FileNotFoundError: when an explicit `weights` path does not exist.
+    """
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"`weights` must be an existing file. Received: weights={weights}")
+        return path
+    path = keras_cache_dir() / INCEPTION_WEIGHTS_FILE
+    return path if path.is_file() else None
+
+
+def build_inception(weights_path):
+    """InceptionV3 without top, global average pooling, weights loaded from a local file."""
+    return keras.applications.InceptionV3(
+        include_top=False, pooling="avg", weights=str(weights_path),
+        input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
+    )
+
+
+class InceptionFeatures(FeatureExtractor):
+    """InceptionV3 pool features (2048-d): images resized to 299, grayscale tiled to RGB."""
+
+    name = "inception_v3"
+
+    def __init__(self, weights=None, batch_size=32):
+        super().__init__(batch_size)
+        path = find_inception_weights(weights)
+        if path is None:
+            raise FileNotFoundError(
+                f"InceptionV3 weights not found: pass `weights=` or place {INCEPTION_WEIGHTS_FILE} "
+                f"in {keras_cache_dir()} (lungkit never downloads them)."
+            )
+        self.weights_path = path
+        self.model = build_inception(path)
+
+    def embed_batch(self, images):
+        images = resize_images(images, INCEPTION_SIZE, 3)
+        images = keras.applications.inception_v3.preprocess_input(images * 255.0)  # to [-1, 1]
+        return keras.ops.convert_to_numpy(self.model(images, training=False))
+
+
+# --------------------------------------------------------------------------- domain CNN
+def build_classifier(image_size, channels, num_classes=NUM_CLASSES, widths=DOMAIN_WIDTHS,
+                     feature_dims=DOMAIN_FEATURE_DIMS, dropout=0.2, name="ct_classifier"):
+    """A small CNN classifier: images `(B, S, S, C)` in [0, 1] -> logits `(B, num_classes)`.
+
+    Each width is a stride-2 conv and a stride-1 conv (ReLU); then global average pooling, a
+    ReLU dense layer named "features" (`feature_dims`), dropout, and float32 logits.
+    """
+    if image_size < 2 ** len(widths):
+        raise ValueError(f"`image_size` must be >= {2 ** len(widths)} for {len(widths)} "
+                         f"downsamplings. Received: image_size={image_size}")
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels}")
+    if num_classes < 2:
+        raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
+    inputs = keras.Input((image_size, image_size, channels), name="images")
+    x = keras.layers.Rescaling(2.0, offset=-1.0)(inputs)  # [0, 1] -> [-1, 1]
+    for width in widths:
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(feature_dims, activation="relu", name="features")(x)
+    x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _check_labels(labels, n, num_classes, name="labels"):
+    labels = np.asarray(labels).astype("int64").reshape(-1)
+    if len(labels) != n:
+        raise ValueError(f"`{name}` must hold one label per image ({n}). Received {len(labels)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"`{name}` must lie in [0, {num_classes - 1}]. "
+                         f"Received values in [{labels.min()}, {labels.max()}]")
+    return labels
+
+
+def train_classifier(images, labels, image_size=None, channels=None, num_classes=NUM_CLASSES,
+                     epochs=10, batch_size=32, learning_rate=2e-3, widths=DOMAIN_WIDTHS,
+                     min_steps=MIN_TRAIN_STEPS):
+    """Builds and trains `build_classifier` on `(images, labels)`; returns the Keras model.
+
+    Args:
+        images: float `(N, H, W, C)` in [0, 1]; resized to `image_size` (default H).
+        labels: ints `(N,)` in [0, num_classes).
+        channels: model channels (default C; images are tiled or averaged to match).
+        min_steps: the data is repeated within each epoch until `epochs` give at least this
+            many optimizer steps.
+    """
+    images = check_images(images)
+    labels = _check_labels(labels, len(images), num_classes)
+    image_size = image_size or images.shape[1]
+    channels = channels or images.shape[-1]
+    images = resize_images(images, image_size, channels)
+    n_images, steps = len(images), epochs * -(-len(images) // batch_size)
+    if steps < min_steps:
+        repeats = -(-min_steps // steps)
+        images, labels = np.tile(images, (repeats, 1, 1, 1)), np.tile(labels, repeats)
+    model = build_classifier(image_size, channels, num_classes, widths=widths)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    history = model.fit(images, labels, epochs=epochs, batch_size=batch_size, shuffle=True,
+                        verbose=0)
+    logger.info("Trained classifier on %d images (%d px, %d epochs): train accuracy %.3f",
+                n_images, image_size, epochs, history.history["accuracy"][-1])
+    return model
+
+
+def predict_labels(model, images, batch_size=64):
+    """Argmax class of a classifier's logits for float images, resized to its input size."""
+    _, size, _, channels = model.input_shape
+    images = resize_images(check_images(images), size, channels)
+    logits = model.predict(images, batch_size=batch_size, verbose=0)
+    return np.argmax(logits, axis=-1)
+
+
+class DomainEncoder(FeatureExtractor):
+    """Penultimate-layer features of a CT classifier trained on the real training images.
+
+    Build it with `DomainEncoder.fit(...)` (trains, or reloads the cached `.keras` file for
+    the same data and settings) or `DomainEncoder.load(path)`.
+    """
+
+    def __init__(self, classifier, name="domain_encoder", path=None, loaded_from_cache=False,
+                 batch_size=64):
+        super().__init__(batch_size)
+        self.classifier = classifier
+        self.feature_model = keras.Model(classifier.input, classifier.get_layer("features").output)
+        _, self.image_size, _, self.channels = classifier.input_shape
+        self.name, self.path, self.loaded_from_cache = name, path, loaded_from_cache
+
+    @classmethod
+    def fit(cls, images, labels, cache_dir=None, epochs=8, image_size=None, channels=None,
+            num_classes=NUM_CLASSES, batch_size=32, min_steps=MIN_TRAIN_STEPS):
+        """Trains the encoder, or reloads it when the same data and settings were cached.
+
+        Args:
+            images: real training images, float `(N, H, W, C)` in [0, 1].
+            labels: ints `(N,)` in [0, num_classes).
+            cache_dir: folder for `domain_encoder_<hash>.keras`; default
+                `$LUNGKIT_CACHE` or `~/.cache/lungkit`.
+            epochs, batch_size, min_steps: training settings, as in `train_classifier`.
+        """
+        images = check_images(images, "train_images")
+        labels = _check_labels(labels, len(images), num_classes, "train_labels")
+        image_size = image_size or images.shape[1]
+        channels = channels or images.shape[-1]
+        settings = np.asarray([image_size, channels, num_classes, epochs, batch_size, min_steps,
+                               *DOMAIN_WIDTHS])
+        key = data_hash(images, labels, settings)
+        name = f"domain_encoder_{key}"
+        path = Path(cache_dir or default_cache_dir()) / f"{name}.keras"
+        if path.is_file():
+            logger.info("Loading cached domain encoder %s", path)
+            return cls(keras.saving.load_model(path), name=name, path=path, loaded_from_cache=True)
+        classifier = train_classifier(images, labels, image_size, channels, num_classes,
+                                      epochs=epochs, batch_size=batch_size, min_steps=min_steps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        classifier.save(path)
+        logger.info("Saved domain encoder to %s", path)
+        return cls(classifier, name=name, path=path)
+
+    @classmethod
+    def load(cls, path):
+        """Reloads an encoder saved by `fit` (its name is the file's stem)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"`path` must be an existing .keras file. Received: path={path}")
+        return cls(keras.saving.load_model(path), name=path.stem, path=path, loaded_from_cache=True)
+
+    def embed_batch(self, images):
+        images = resize_images(images, self.image_size, self.channels)
+        return keras.ops.convert_to_numpy(self.feature_model(images, training=False))
+
+    def predict_labels(self, images):
+        """Predicted class per image, ints `(N,)`."""
+        return predict_labels(self.classifier, images, self.batch_size)
+
+
+def default_cache_dir():
+    """`$LUNGKIT_CACHE/features`, default `~/.cache/lungkit/features`."""
+    root = os.environ.get("LUNGKIT_CACHE", Path.home() / ".cache" / "lungkit")
+    return Path(root).expanduser() / "features"
+
+
+def get_feature_extractor(kind="auto", train_images=None, train_labels=None, cache_dir=None,
+                          weights=None, epochs=8):
+    """Picks the feature extractor for FID/KID and logs which one and why.
+
+    Args:
+        kind: "inception" (needs local weights), "domain" (needs `train_images` and
+            `train_labels`), or "auto": Inception when its weights are on disk, else domain.
+        weights: explicit InceptionV3 no-top `.h5` path; default: the Keras cache file.
+        epochs: training epochs of the domain encoder.
+
+    Returns:
+        An `InceptionFeatures` or a `DomainEncoder`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={kind!r}")
+    if kind in ("auto", "inception"):
+        path = find_inception_weights(weights)
+        if path is not None:
+            logger.info("Feature extractor: InceptionV3 with local weights %s", path)
+            return InceptionFeatures(weights=path)
+        if kind == "inception":
+            raise FileNotFoundError(f"`kind='inception'` needs local weights; none in "
+                                    f"{keras_cache_dir()} and no `weights=` given.")
+        logger.info("Feature extractor: domain encoder (no InceptionV3 weights in %s)",
+                    keras_cache_dir())
+    if train_images is None or train_labels is None:
+        raise ValueError("The domain encoder needs `train_images` and `train_labels`. "
+                         f"Received: train_images={type(train_images).__name__}, "
+                         f"train_labels={type(train_labels).__name__}")
+    return DomainEncoder.fit(train_images, train_labels, cache_dir=cache_dir, epochs=epochs)

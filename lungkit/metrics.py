@@ -1,0 +1,447 @@
+"""Image-quality, diversity, fidelity and memorization metrics for generated CT slices.
+
+All image inputs are float NHWC in [0, 1] with 1 or 3 channels. Implements:
+
+- `psnr`, `ssim` (paired, per image), via `tf.image`.
+- `sharpness`: variance of the Laplacian (Pech-Pacheco et al., 2000), the blur the paper sees.
+- `ms_ssim_diversity`: mean MS-SSIM (Wang et al., 2003) between random sample pairs; lower is
+  more diverse (the measure of Odena et al., 2017).
+- `frechet_distance` / `fid` (Heusel et al., 2017; stable square root as in pytorch-fid),
+  `kid` (unbiased cubic-kernel MMD over subsets, Binkowski et al., 2018; as clean-fid).
+- `precision_recall`: k-NN manifold estimate (Kynkaanniemi et al., 2019).
+- `memorization`: each sample's nearest training image and the share of near-copies.
+- `class_fidelity`, `train_synthetic_test_real`: class-conditional usefulness.
+- `evaluate`: all of the above in one dict (keys in `EVALUATE_KEYS`).
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import tensorflow as tf
+
+from lungkit.features import (
+    check_images,
+    data_hash,
+    predict_labels,
+    resize_images,
+    train_classifier,
+)
+
+logger = logging.getLogger(__name__)
+
+MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. (2003), 5 scales
+MSSSIM_MIN_SCALE_SIZE = 8  # smallest image side (px) at MS-SSIM's coarsest scale
+SSIM_FILTER_SIZE = 11  # Gaussian window of SSIM (Wang et al., 2004)
+FRECHET_EPS = 1e-6  # diagonal offset for a singular covariance product (pytorch-fid)
+FRECHET_IMAG_TOL = 1e-3  # largest imaginary part of sqrtm accepted as round-off (pytorch-fid)
+KID_FULL_KERNEL_MAX = 4096  # largest set whose full kernel matrix (128 MiB) KID keeps
+THUMBNAIL_SIZE = 32  # side of the grayscale thumbnails compared by `memorization`
+DEFAULT_CLASS_NAMES = ("Normal", "Benign", "Malignant")  # = lungkit.data.images.CLASS_NAMES
+
+EVALUATE_KEYS = (
+    "n_generated", "n_real", "n_train", "feature_extractor",
+    "sharpness_mean", "sharpness_real_mean", "ms_ssim_diversity", "ms_ssim_diversity_real",
+    "fid", "kid_mean", "kid_std", "precision", "recall",
+    "memorization_share", "nearest_similarity_mean", "nearest_similarity_max",
+    "memorization_share_real", "nearest_similarity_real_mean",
+    "psnr", "ssim", "class_fidelity", "class_fidelity_per_class", "tstr_accuracy",
+)
+
+
+# --------------------------------------------------------------------------- paired / per image
+def _check_pair(a, b):
+    a, b = check_images(a, "a"), check_images(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"`a` and `b` must have one shape. Received {a.shape} and {b.shape}")
+    return a, b
+
+
+def psnr(a, b):
+    """Peak signal-to-noise ratio in dB per image pair, `(N,)`; inf where a == b (max 1.0)."""
+    a, b = _check_pair(a, b)
+    return tf.image.psnr(a, b, max_val=1.0).numpy().astype("float64")
+
+
+def ssim(a, b):
+    """SSIM per image pair, `(N,)` in [-1, 1] (1 = identical); window shrinks below 11 px."""
+    a, b = _check_pair(a, b)
+    filter_size = min(SSIM_FILTER_SIZE, *a.shape[1:3])
+    return tf.image.ssim(a, b, max_val=1.0, filter_size=filter_size).numpy().astype("float64")
+
+
+def sharpness(images):
+    """Variance of the Laplacian per image, `(N,)`: higher is sharper.
+
+    Computed on grayscale (channel mean) in the 0-255 intensity convention of OpenCV's
+    `cv2.Laplacian(gray, cv2.CV_64F).var()`, 4-neighbour kernel, over the interior pixels. It
+    depends on image size and content: compare models only at one size on one dataset.
+    """
+    gray = check_images(images).mean(axis=-1).astype("float64") * 255.0
+    laplacian = (gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:]
+                 - 4.0 * gray[:, 1:-1, 1:-1])
+    return laplacian.reshape(len(gray), -1).var(axis=1)
+
+
+def msssim_settings(size):
+    """Scales and window for MS-SSIM on `size`-px images: `(power_factors, filter_size)`.
+
+    TF's MS-SSIM halves the image per scale and needs the coarsest scale to be at least the
+    filter size. We keep as many of the 5 standard scales as leave >= 8 px at the coarsest
+    (e.g. 3 at 32 px, 4 at 64 px, 5 from 128 px), renormalise their weights to sum to 1, and
+    use a window of min(11, coarsest side).
+    """
+    scales = 1
+    while scales < len(MSSSIM_WEIGHTS) and size // 2**scales >= MSSSIM_MIN_SCALE_SIZE:
+        scales += 1
+    weights = np.asarray(MSSSIM_WEIGHTS[:scales])
+    filter_size = min(SSIM_FILTER_SIZE, size // 2 ** (scales - 1))
+    return tuple(float(w) for w in weights / weights.sum()), filter_size
+
+
+def ms_ssim_diversity(images, pairs=200, seed=0, batch_size=64):
+    """Mean MS-SSIM over random pairs of distinct images: lower means more diverse.
+
+    Args:
+        images: float `(N, H, W, C)` in [0, 1], N >= 2.
+        pairs: number of random pairs; all N(N-1)/2 pairs when there are no more than that.
+
+    Returns:
+        float in [0, 1] (1 = all images identical). Scales as in `msssim_settings`.
+    """
+    images = check_images(images)
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"`images` must hold at least 2 images. Received {n}")
+    first, second = np.triu_indices(n, k=1)
+    if len(first) > pairs:
+        chosen = np.random.default_rng(seed).choice(len(first), size=pairs, replace=False)
+        first, second = first[chosen], second[chosen]
+    power_factors, filter_size = msssim_settings(min(images.shape[1:3]))
+    scores = []
+    for start in range(0, len(first), batch_size):
+        a = images[first[start : start + batch_size]]
+        b = images[second[start : start + batch_size]]
+        scores.append(tf.image.ssim_multiscale(a, b, max_val=1.0, power_factors=power_factors,
+                                               filter_size=filter_size).numpy())
+    return float(np.mean(np.concatenate(scores)))
+
+
+# --------------------------------------------------------------------------- FID / KID
+@dataclass
+class FeatureStats:
+    """Features of a real image set and their Gaussian statistics (mean `(D,)`, cov `(D, D)`)."""
+
+    features: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    extractor: str = ""
+
+    @classmethod
+    def from_features(cls, features, extractor=""):
+        features = np.asarray(features, dtype="float64")
+        if features.ndim != 2 or len(features) < 2:
+            raise ValueError(f"`features` must be (N >= 2, D). Received shape {features.shape}")
+        return cls(features, features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False)),
+                   extractor)
+
+    @classmethod
+    def from_images(cls, images, extractor, cache_dir=None, progress=False):
+        """Features of `images` under `extractor`, cached as `<cache_dir>/<name>_<hash>.npz`."""
+        path = None
+        if cache_dir is not None:
+            key = data_hash(check_images(images))
+            path = Path(cache_dir) / f"stats_{extractor.name}_{key}.npz"
+            if path.is_file():
+                logger.info("Loading cached real-image statistics %s", path)
+                with np.load(path) as cached:
+                    return cls(cached["features"], cached["mu"], cached["sigma"], extractor.name)
+        stats = cls.from_features(extractor(images, progress=progress), extractor.name)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, features=stats.features, mu=stats.mu, sigma=stats.sigma)
+        return stats
+
+
+def _as_stats(features):
+    return features if isinstance(features, FeatureStats) else FeatureStats.from_features(features)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=FRECHET_EPS):
+    """Squared Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2).
+
+    d^2 = |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)). As pytorch-fid: when the
+    product's square root is not finite or has an imaginary part above round-off (singular,
+    e.g. rank-deficient covariances from fewer samples than dimensions), retry with `eps`
+    added to both diagonals; then keep the real part.
+
+    Raises:
+        ValueError: on mismatched shapes, or an imaginary part that the offset does not remove.
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype("float64"), np.atleast_1d(mu2).astype("float64")
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype("float64"), np.atleast_2d(sigma2).astype("float64")
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"Means and covariances must match: received mu {mu1.shape}, {mu2.shape}"
+                         f" and sigma {sigma1.shape}, {sigma2.shape}")
+    diff = mu1 - mu2
+
+    def sqrt_product(offset):
+        identity = np.eye(len(mu1)) * offset
+        return scipy.linalg.sqrtm((sigma1 + identity) @ (sigma2 + identity))
+
+    covmean = sqrt_product(0.0)
+    scale = max(1.0, np.abs(np.trace(sigma1 @ sigma2)) ** 0.5)
+    if not np.isfinite(covmean).all() or np.abs(np.imag(covmean)).max() > FRECHET_IMAG_TOL * scale:
+        logger.info("sqrtm of the covariance product is singular; adding %g to the diagonals", eps)
+        covmean = sqrt_product(eps)
+    if not np.isfinite(covmean).all():
+        raise ValueError("Frechet distance: sqrtm is not finite even with a diagonal offset")
+    imaginary = np.abs(np.diagonal(np.imag(covmean))).max()
+    if imaginary > FRECHET_IMAG_TOL * scale:
+        raise ValueError(f"Frechet distance: imaginary part {imaginary:.3g} of sqrtm is too large")
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(np.real(covmean))
+    return float(max(distance, 0.0))  # >= 0 in exact arithmetic; clip round-off
+
+
+def fid(features_a, features_b):
+    """FID between two feature sets `(N, D)` (or `FeatureStats`): 0 for one distribution."""
+    a, b = _as_stats(features_a), _as_stats(features_b)
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+
+
+def kid(features_a, features_b, subsets=100, subset_size=1000, seed=0):
+    """Kernel Inception Distance: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3.
+
+    Averaged over `subsets` random subsets of `min(subset_size, N_a, N_b)` rows of each set,
+    without replacement (Binkowski et al., 2018; clean-fid's `kernel_distance`).
+
+    Returns:
+        `(mean, std)` over subsets; the mean is ~0 (either sign) for one distribution.
+    """
+    a = (features_a.features if isinstance(features_a, FeatureStats) else np.asarray(features_a))
+    b = (features_b.features if isinstance(features_b, FeatureStats) else np.asarray(features_b))
+    a, b = a.astype("float64"), b.astype("float64")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"Feature sets must be (N, D) with one D. Received {a.shape} and {b.shape}")
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set. Received {len(a)} and {len(b)}")
+    dims, rng = a.shape[1], np.random.default_rng(seed)
+
+    def kernel(x, y):
+        return (x @ y.T / dims + 1) ** 3
+
+    # Kernels of the whole sets, computed once when they fit in memory: each subset then only
+    # indexes them (the same numbers as clean-fid, ~100x faster for 100 subsets).
+    full = max(len(a), len(b)) <= KID_FULL_KERNEL_MAX
+    if full:
+        k_aa, k_bb, k_ab = kernel(a, a), kernel(b, b), kernel(a, b)
+    values = []
+    for _ in range(subsets):
+        i = rng.choice(len(a), m, replace=False)
+        j = rng.choice(len(b), m, replace=False)
+        if full:
+            xx, yy, xy = k_aa[np.ix_(i, i)], k_bb[np.ix_(j, j)], k_ab[np.ix_(i, j)]
+        else:
+            xx, yy, xy = kernel(a[i], a[i]), kernel(b[j], b[j]), kernel(a[i], b[j])
+        within = xx.sum() - np.trace(xx) + yy.sum() - np.trace(yy)
+        values.append(within / (m * (m - 1)) - 2 * xy.sum() / m**2)
+    return float(np.mean(values)), float(np.std(values))
+
+
+# --------------------------------------------------------------------------- manifolds
+def _pairwise_sq_distances(x, y):
+    squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+    return np.maximum(squared, 0.0)
+
+
+def _knn_radii(features, k, batch_size):
+    """Squared distance of each row to its k-th nearest other row."""
+    radii = []
+    for start in range(0, len(features), batch_size):
+        distances = _pairwise_sq_distances(features[start : start + batch_size], features)
+        radii.append(np.partition(distances, k, axis=1)[:, k])  # index 0 is the row itself
+    return np.concatenate(radii)
+
+
+def _coverage(manifold, radii, queries, batch_size):
+    """Share of `queries` inside at least one ball (centre in `manifold`, squared radius)."""
+    inside = []
+    for start in range(0, len(queries), batch_size):
+        distances = _pairwise_sq_distances(queries[start : start + batch_size], manifold)
+        inside.append((distances <= radii[None, :] * (1 + 1e-9)).any(axis=1))
+    return float(np.concatenate(inside).mean())
+
+
+def precision_recall(real_features, fake_features, k=3, batch_size=1024):
+    """Improved precision and recall (Kynkaanniemi et al., 2019) from features `(N, D)`.
+
+    Each set's manifold is the union of balls around its points reaching the k-th nearest
+    neighbour. Precision: share of fake samples inside the real manifold (fidelity); recall:
+    share of real samples inside the fake manifold (coverage). Both in [0, 1].
+    """
+    real = np.asarray(getattr(real_features, "features", real_features), dtype="float64")
+    fake = np.asarray(getattr(fake_features, "features", fake_features), dtype="float64")
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"`k` must be smaller than both set sizes. Received k={k}, "
+                         f"{len(real)} real and {len(fake)} fake")
+    precision = _coverage(real, _knn_radii(real, k, batch_size), fake, batch_size)
+    recall = _coverage(fake, _knn_radii(fake, k, batch_size), real, batch_size)
+    return precision, recall
+
+
+def _thumbnails(images):
+    """Mean-centred, unit-norm 32x32 grayscale thumbnails, `(N, 1024)`."""
+    small = resize_images(check_images(images), THUMBNAIL_SIZE, 1).reshape(len(images), -1)
+    small = small - small.mean(axis=1, keepdims=True)
+    return small / np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-8)
+
+
+def memorization(generated, train, threshold=0.95, features=None, batch_size=512):
+    """Finds each generated image's nearest training image.
+
+    Similarity: with `features=None`, Pearson correlation (cosine of mean-centred vectors) of
+    32x32 grayscale thumbnails, robust to brightness shifts; with a `FeatureExtractor`, cosine
+    similarity of its features. 1.0 means an exact copy.
+
+    Returns:
+        dict: `nearest_index` ints `(N,)`, `similarity` floats `(N,)` in [-1, 1], `share`
+        (fraction with similarity >= threshold), `threshold`, `method`.
+    """
+    if features is None:
+        gen, ref, method = _thumbnails(generated), _thumbnails(train), "pixel_correlation_32px"
+    else:
+        gen, ref = features(generated).astype("float64"), features(train).astype("float64")
+        gen /= np.maximum(np.linalg.norm(gen, axis=1, keepdims=True), 1e-12)
+        ref /= np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+        method = f"cosine_{features.name}"
+    index, similarity = [], []
+    for start in range(0, len(gen), batch_size):
+        scores = gen[start : start + batch_size] @ ref.T
+        index.append(scores.argmax(axis=1))
+        similarity.append(scores.max(axis=1))
+    similarity = np.concatenate(similarity)
+    return {"nearest_index": np.concatenate(index), "similarity": similarity,
+            "share": float((similarity >= threshold).mean()), "threshold": threshold,
+            "method": method}
+
+
+# --------------------------------------------------------------------------- classes
+def class_fidelity(generated, requested_labels, classifier, class_names=DEFAULT_CLASS_NAMES):
+    """How often a classifier trained on real images recognises the requested class.
+
+    Args:
+        classifier: a Keras classifier (logits), an object with `predict_labels(images)`
+            (e.g. `DomainEncoder`), or a callable `images -> labels (N,) or scores (N, K)`.
+
+    Returns:
+        dict: `accuracy` (overall), `per_class` {class name: accuracy, or None when that
+        class was not requested}, `counts` {class name: samples}.
+    """
+    images = check_images(generated, "generated")
+    requested = np.asarray(requested_labels).astype("int64").reshape(-1)
+    if len(requested) != len(images):
+        raise ValueError(f"`requested_labels` must hold one label per image ({len(images)}). "
+                         f"Received {len(requested)}")
+    if hasattr(classifier, "predict_labels"):
+        predicted = classifier.predict_labels(images)
+    elif hasattr(classifier, "predict") and hasattr(classifier, "input_shape"):
+        predicted = predict_labels(classifier, images)
+    else:
+        predicted = np.asarray(classifier(images))
+        predicted = predicted.argmax(axis=-1) if predicted.ndim == 2 else predicted
+    correct = np.asarray(predicted).reshape(-1) == requested
+    per_class = {name: (float(correct[requested == label].mean()) if (requested == label).any()
+                        else None) for label, name in enumerate(class_names)}
+    counts = {name: int((requested == label).sum()) for label, name in enumerate(class_names)}
+    return {"accuracy": float(correct.mean()), "per_class": per_class, "counts": counts}
+
+
+def train_synthetic_test_real(synthetic_images, synthetic_labels, real_test_images,
+                              real_test_labels, epochs=10, image_size=None, num_classes=3):
+    """Trains the lungkit CNN on generated images only; returns its accuracy on real ones.
+
+    Near the real-trained accuracy when the synthetic set captures the classes; chance
+    (1 / num_classes) when it does not. `image_size` defaults to the real images' size.
+    """
+    real = check_images(real_test_images, "real_test_images")
+    real_labels = np.asarray(real_test_labels).astype("int64").reshape(-1)
+    model = train_classifier(synthetic_images, synthetic_labels,
+                             image_size=image_size or real.shape[1], channels=real.shape[-1],
+                             num_classes=num_classes, epochs=epochs)
+    return float((predict_labels(model, real) == real_labels).mean())
+
+
+# --------------------------------------------------------------------------- all at once
+def evaluate(generated, real, train=None, features=None, *, real_stats=None, cache_dir=None,
+             paired=False, generated_labels=None, classifier=None, real_labels=None,
+             tstr_epochs=10, kid_subsets=100, kid_subset_size=1000, k=3,
+             memorization_threshold=0.95, diversity_pairs=200, seed=0, progress=False):
+    """Every metric for one model's samples, as a JSON-ready dict with the keys `EVALUATE_KEYS`.
+
+    Args:
+        generated: samples, float `(N, H, W, C)` in [0, 1].
+        real: held-out real images (the reference for FID/KID/precision/recall), same range.
+        train: the training images, for memorization (None: memorization keys are None).
+        features: a `lungkit.features.FeatureExtractor` (None: FID/KID/precision/recall None).
+        real_stats: precomputed `FeatureStats` of `real` under `features` (skips extraction).
+        cache_dir: where `FeatureStats.from_images` caches real-image features.
+        paired: `generated[i]` reconstructs `real[i]` (adds psnr/ssim means).
+        generated_labels: class requested for each sample; with `classifier` gives class
+            fidelity, with `real_labels` gives train-on-synthetic-test-on-real accuracy.
+
+    Returns:
+        dict. Counts `n_generated`, `n_real`, `n_train`; `feature_extractor` (name or None);
+        `sharpness_mean` (+ `sharpness_real_mean`, the real images' own value);
+        `ms_ssim_diversity` (+ `_real`; lower = more diverse); `fid`; `kid_mean`, `kid_std`;
+        `precision`, `recall`; `memorization_share` (share of samples whose nearest training
+        image has similarity >= threshold), `nearest_similarity_mean`, `nearest_similarity_max`
+        and the held-out real images' own `memorization_share_real`,
+        `nearest_similarity_real_mean` as the baseline (similarity as in `memorization`,
+        pixel correlation); `psnr`, `ssim` (paired only); `class_fidelity` (overall accuracy),
+        `class_fidelity_per_class`; `tstr_accuracy`. Metrics not computed are None.
+    """
+    generated = check_images(generated, "generated")
+    real = check_images(real, "real")
+    result = dict.fromkeys(EVALUATE_KEYS)
+    result.update(n_generated=len(generated), n_real=len(real),
+                  n_train=None if train is None else len(train),
+                  sharpness_mean=float(sharpness(generated).mean()),
+                  sharpness_real_mean=float(sharpness(real).mean()))
+    if len(generated) >= 2:
+        result["ms_ssim_diversity"] = ms_ssim_diversity(generated, diversity_pairs, seed)
+    if len(real) >= 2:
+        result["ms_ssim_diversity_real"] = ms_ssim_diversity(real, diversity_pairs, seed)
+    if features is not None:
+        result["feature_extractor"] = features.name
+        if real_stats is None:
+            real_stats = FeatureStats.from_images(real, features, cache_dir, progress)
+        fake_stats = FeatureStats.from_features(features(generated, progress=progress))
+        result["fid"] = fid(fake_stats, real_stats)
+        result["kid_mean"], result["kid_std"] = kid(fake_stats, real_stats, kid_subsets,
+                                                    kid_subset_size, seed)
+        if min(len(generated), len(real)) > k:
+            result["precision"], result["recall"] = precision_recall(real_stats, fake_stats, k)
+    if train is not None:
+        copies = memorization(generated, train, memorization_threshold)
+        baseline = memorization(real, train, memorization_threshold)
+        result.update(memorization_share=copies["share"],
+                      nearest_similarity_mean=float(copies["similarity"].mean()),
+                      nearest_similarity_max=float(copies["similarity"].max()),
+                      memorization_share_real=baseline["share"],
+                      nearest_similarity_real_mean=float(baseline["similarity"].mean()))
+    if paired:
+        result["psnr"] = float(np.mean(psnr(generated, real)))
+        result["ssim"] = float(np.mean(ssim(generated, real)))
+    if generated_labels is not None and classifier is not None:
+        fidelity = class_fidelity(generated, generated_labels, classifier)
+        result["class_fidelity"] = fidelity["accuracy"]
+        result["class_fidelity_per_class"] = fidelity["per_class"]
+    if generated_labels is not None and real_labels is not None:
+        result["tstr_accuracy"] = train_synthetic_test_real(generated, generated_labels, real,
+                                                            real_labels, epochs=tstr_epochs)
+    logger.info("Evaluated %d samples against %d real images (features: %s)",
+                len(generated), len(real), result["feature_extractor"])
+    return result

@@ -1,0 +1,234 @@
+"""Tests for lungkit.metrics: known values and the behaviour each metric exists to measure."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+from scipy.ndimage import gaussian_filter
+
+from lungkit import metrics as M
+from lungkit.features import FeatureExtractor
+
+
+def class_images(per_class, size=32, seed=0):
+    """Separable toy classes in [0, 1]: horizontal stripes, vertical stripes, a bright disc."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, labels = [], []
+    for label in range(3):
+        for _ in range(per_class):
+            phase = rng.uniform(0, 2 * np.pi)
+            if label == 0:
+                pattern = 0.3 * np.sin(2 * np.pi * yy / 8 + phase)
+            elif label == 1:
+                pattern = 0.3 * np.sin(2 * np.pi * xx / 8 + phase)
+            else:
+                cy, cx = rng.uniform(8, size - 8, size=2)
+                pattern = 0.4 * (((yy - cy) ** 2 + (xx - cx) ** 2) < 25)
+            images.append(0.4 + pattern + rng.normal(0, 0.05, (size, size)))
+            labels.append(label)
+    images = np.clip(np.asarray(images, dtype="float32")[..., None], 0, 1)
+    return images, np.asarray(labels)
+
+
+class ThumbnailFeatures(FeatureExtractor):
+    """A cheap deterministic extractor for tests: 8x8 grayscale thumbnails (64-d)."""
+
+    name = "thumbnails"
+
+    def __init__(self):
+        super().__init__(batch_size=64)
+        self.calls = 0
+
+    def embed_batch(self, images):
+        self.calls += 1
+        return M.resize_images(images, 8, 1).reshape(len(images), -1)
+
+
+@pytest.fixture
+def gaussian_features():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(600, 16)), rng.normal(size=(600, 16))
+
+
+def test_psnr_and_ssim_known_values(tiny_ct_batch):
+    assert np.isinf(M.psnr(tiny_ct_batch, tiny_ct_batch)).all()
+    np.testing.assert_allclose(M.ssim(tiny_ct_batch, tiny_ct_batch), 1.0, atol=1e-6)
+    shifted = np.clip(tiny_ct_batch + 0.1, 0, 1)
+    mse = ((shifted - tiny_ct_batch) ** 2).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(M.psnr(tiny_ct_batch, shifted), -10 * np.log10(mse), rtol=1e-4)
+    noisy = np.clip(tiny_ct_batch + np.random.default_rng(0).normal(0, 0.2, tiny_ct_batch.shape), 0, 1)
+    assert (M.ssim(tiny_ct_batch, noisy) < 0.9).all()
+    with pytest.raises(ValueError, match="one shape"):
+        M.psnr(tiny_ct_batch, tiny_ct_batch[:2])
+
+
+def test_sharpness_falls_with_blur_and_matches_known_value(tiny_ct_batch):
+    blurred = gaussian_filter(tiny_ct_batch, sigma=(0, 1.5, 1.5, 0))
+    sharp, soft = M.sharpness(tiny_ct_batch), M.sharpness(blurred)
+    assert sharp.shape == (4,) and (soft < 0.5 * sharp).all()
+    checker = (np.indices((8, 8)).sum(axis=0) % 2).astype("float32")[None, ..., None]
+    # every interior Laplacian of a 0/1 checkerboard is +-4 (x255), half each: variance 1020^2
+    np.testing.assert_allclose(M.sharpness(checker), [1020.0**2])
+    assert M.sharpness(np.full((1, 8, 8, 3), 0.5))[0] == 0.0
+
+
+def test_ms_ssim_diversity_lower_for_diverse_images():
+    diverse = np.random.default_rng(0).uniform(size=(6, 32, 32, 1)).astype("float32")
+    identical = np.repeat(diverse[:1], 6, axis=0)
+    assert M.ms_ssim_diversity(identical) == pytest.approx(1.0, abs=1e-5)
+    assert M.ms_ssim_diversity(diverse) < 0.2
+    assert 0 < M.ms_ssim_diversity(class_images(4, size=64)[0], pairs=10) < 1
+
+
+def test_msssim_settings_adapt_to_small_images():
+    for size, scales in [(32, 3), (64, 4), (128, 5), (256, 5)]:
+        weights, filter_size = M.msssim_settings(size)
+        assert len(weights) == scales and sum(weights) == pytest.approx(1.0)
+        assert size // 2 ** (scales - 1) >= filter_size
+    assert M.msssim_settings(256)[1] == 11
+
+
+def test_fid_zero_for_same_set_and_grows_with_noise(gaussian_features):
+    real, _ = gaussian_features
+    assert M.fid(real, real) == pytest.approx(0.0, abs=1e-6)
+    noise = np.random.default_rng(1).normal(size=real.shape)
+    values = [M.fid(real, real + scale * noise) for scale in (0.1, 0.3, 1.0, 3.0)]
+    assert (np.diff(values) > 0).all()
+    # two Gaussians with a known closed form: N(0, I) vs N(1, 4I) in 16-d -> 16 + 16 * (1 - 2)^2
+    rng = np.random.default_rng(2)
+    far = 1.0 + 2.0 * rng.normal(size=(20000, 16))
+    assert M.fid(rng.normal(size=(20000, 16)), far) == pytest.approx(32.0, rel=0.05)
+
+
+def test_frechet_distance_rank_deficient_is_finite_and_real():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(10, 128)), rng.normal(size=(10, 128))  # rank 9 covariances
+    value = M.fid(a, b)
+    assert isinstance(value, float) and np.isfinite(value) and value > 0
+    assert M.fid(a, a) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_frechet_distance_retries_with_offset(monkeypatch):
+    calls = []
+    real_sqrtm = scipy.linalg.sqrtm
+
+    def flaky_sqrtm(matrix, *args, **kwargs):
+        calls.append(matrix)
+        result = real_sqrtm(matrix, *args, **kwargs)
+        return result + 1j if len(calls) == 1 else result  # first call: a large imaginary part
+
+    monkeypatch.setattr(M.scipy.linalg, "sqrtm", flaky_sqrtm)
+    eye = np.eye(3)
+    assert M.frechet_distance(np.zeros(3), eye, np.ones(3), eye) == pytest.approx(3.0, abs=1e-4)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="must match"):
+        M.frechet_distance(np.zeros(3), eye, np.zeros(2), np.eye(2))
+
+
+def test_kid_near_zero_for_one_distribution_and_large_otherwise(gaussian_features):
+    a, b = gaussian_features
+    same_mean, same_std = M.kid(a, b, subsets=50, subset_size=200)
+    assert same_std > 0 and abs(same_mean) < 3 * same_std
+    diff_mean, _ = M.kid(a, b + 1.0, subsets=50, subset_size=200)
+    assert diff_mean > 20 * max(abs(same_mean), same_std)
+    assert M.kid(a, b, subsets=5, subset_size=200) == M.kid(a, b, subsets=5, subset_size=200)
+
+
+def test_kid_precomputed_kernel_matches_per_subset_kernels(gaussian_features, monkeypatch):
+    a, b = gaussian_features[0][:100], gaussian_features[1][:80] + 0.3
+    fast = M.kid(a, b, subsets=7, subset_size=50, seed=3)
+    monkeypatch.setattr(M, "KID_FULL_KERNEL_MAX", 0)  # force clean-fid's per-subset kernels
+    np.testing.assert_allclose(M.kid(a, b, subsets=7, subset_size=50, seed=3), fast, rtol=1e-10)
+    # one subset spanning both sets equals the closed-form unbiased MMD^2
+    x, y = a[:30], b[:30]
+    kxx, kyy, kxy = ((x @ x.T / 16 + 1) ** 3, (y @ y.T / 16 + 1) ** 3, (x @ y.T / 16 + 1) ** 3)
+    expected = ((kxx.sum() - np.trace(kxx)) / 870 + (kyy.sum() - np.trace(kyy)) / 870
+                - 2 * kxy.mean())
+    assert M.kid(x, y, subsets=1)[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_precision_recall_identical_and_shifted(gaussian_features):
+    a, b = gaussian_features
+    assert M.precision_recall(a, a, k=3) == (1.0, 1.0)
+    same_p, same_r = M.precision_recall(a, b, k=3, batch_size=128)
+    shift_p, shift_r = M.precision_recall(a, b + 1.5, k=3, batch_size=128)
+    assert shift_p < same_p - 0.3 and shift_r < same_r - 0.3
+    # mode collapse: fake samples all near one real point keep precision, lose recall
+    collapsed = a[:1] + 0.01 * np.random.default_rng(0).normal(size=(50, 16))
+    p, r = M.precision_recall(a, collapsed, k=3)
+    assert p == 1.0 and r < 0.05
+    with pytest.raises(ValueError, match="`k` must be smaller"):
+        M.precision_recall(a[:3], b, k=3)
+
+
+def test_memorization_flags_copies_not_noise():
+    train, _ = class_images(4)
+    copies = train[[5, 0, 11]]
+    found = M.memorization(copies, train)
+    assert found["share"] == 1.0 and list(found["nearest_index"]) == [5, 0, 11]
+    np.testing.assert_allclose(found["similarity"], 1.0, atol=1e-5)
+    assert found["method"] == "pixel_correlation_32px"
+    noise = np.random.default_rng(0).uniform(size=(5, 32, 32, 1)).astype("float32")
+    assert M.memorization(noise, train)["share"] == 0.0
+    by_features = M.memorization(copies, train, features=ThumbnailFeatures())
+    assert by_features["share"] == 1.0 and by_features["method"] == "cosine_thumbnails"
+
+
+def test_feature_stats_cache(tmp_path):
+    images, _ = class_images(4)
+    extractor = ThumbnailFeatures()
+    first = M.FeatureStats.from_images(images, extractor, cache_dir=tmp_path)
+    calls = extractor.calls
+    second = M.FeatureStats.from_images(images, extractor, cache_dir=tmp_path)
+    assert extractor.calls == calls and len(list(tmp_path.glob("stats_thumbnails_*.npz"))) == 1
+    np.testing.assert_array_equal(first.sigma, second.sigma)
+    assert M.fid(first, second) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_class_fidelity_with_fake_classifiers():
+    images = np.zeros((6, 8, 8, 1), dtype="float32")
+    requested = np.array([0, 0, 1, 1, 1, 0])
+    predicted = np.array([0, 1, 1, 1, 0, 0])
+    result = M.class_fidelity(images, requested, lambda batch: predicted)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["per_class"] == {"Normal": pytest.approx(2 / 3), "Benign": pytest.approx(2 / 3),
+                                   "Malignant": None}
+    assert result["counts"] == {"Normal": 3, "Benign": 3, "Malignant": 0}
+    scores = np.eye(3)[requested]  # a perfect classifier returning scores
+
+    class Perfect:
+        def predict_labels(self, batch):
+            return requested
+
+    assert M.class_fidelity(images, requested, lambda batch: scores)["accuracy"] == 1.0
+    assert M.class_fidelity(images, requested, Perfect())["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="requested_labels"):
+        M.class_fidelity(images, requested[:2], Perfect())
+
+
+def test_train_synthetic_test_real_beats_chance():
+    synthetic, synthetic_labels = class_images(10, seed=0)
+    real, real_labels = class_images(6, seed=1)
+    accuracy = M.train_synthetic_test_real(synthetic, synthetic_labels, real, real_labels, epochs=8)
+    assert accuracy > 0.6  # chance is 1/3
+
+
+def test_evaluate_returns_documented_keys(tmp_path):
+    real, real_labels = class_images(5, seed=1)
+    train, _ = class_images(5, seed=2)
+    generated, generated_labels = class_images(4, seed=3)
+    result = M.evaluate(generated, real, train=train, features=ThumbnailFeatures(),
+                        cache_dir=tmp_path, kid_subsets=10)
+    assert tuple(result) == M.EVALUATE_KEYS
+    assert result["n_generated"] == 12 and result["n_real"] == 15 and result["n_train"] == 15
+    assert result["feature_extractor"] == "thumbnails"
+    for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "sharpness_mean",
+                "ms_ssim_diversity", "memorization_share", "nearest_similarity_mean"):
+        assert isinstance(result[key], float), key
+    assert result["psnr"] is None and result["class_fidelity"] is None
+
+    copies = M.evaluate(train[:8], real[:8], train=train, paired=True,
+                        generated_labels=real_labels[:8], classifier=lambda b: real_labels[:8])
+    assert copies["memorization_share"] == 1.0 and copies["fid"] is None
+    assert copies["class_fidelity"] == 1.0 and np.isfinite(copies["psnr"])
+    assert -1 < copies["ssim"] < 0.9 and copies["feature_extractor"] is None  # unrelated pairs
