@@ -240,7 +240,9 @@ class VAE(GenerativeModel):
         """
         shape = tuple(images.shape)
         expected = (None, *self.image_shape)
-        if len(shape) != 4 or any(s is not None and s != e for s, e in zip(shape[1:], expected[1:], strict=True)):
+        matches = len(shape) == 4 and all(
+            s is None or s == e for s, e in zip(shape[1:], expected[1:], strict=True))
+        if not matches:
             raise ValueError(
                 f"`{argument}` must have shape (batch, {self.image_size}, {self.image_size}, "
                 f"{self.channels}) for this VAE (image_size={self.image_size}, "

@@ -1,0 +1,147 @@
+"""Training throughput of `VAE.fit` against a bare `tf.function` step, same process.
+
+Both sides train the same encoder and decoder (two VAE instances built with the same seed)
+on the same random in-memory batches from one `tf.data` pipeline, with the same loss
+(`lungkit.models.vae.reconstruction_loss` + `kl_divergence`), the same optimizer type
+(Adam) and the same `jit_compile` setting. Epochs alternate between the two sides so that
+load from other processes hits both alike; the first epoch of each side is a warm-up
+(tracing) and is not timed. Reports images/s for each (fastest timed epoch), their ratio
+(fit / bare; 1.0 means `fit` adds nothing), the same ratio in process CPU time (robust to
+other load on a shared machine), and seconds per epoch for the paper's 1,190 images.
+
+    .venv/bin/python benchmarks/vae_throughput.py --size 128 --steps 10 --out vae.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from lungkit.models.vae import VAE, kl_divergence, reconstruction_loss  # noqa: E402
+
+PAPER_IMAGES = 1190  # IQ-OTH/NCCD, original release (Chen 2024 trains on it)
+PAPER_SECONDS_PER_EPOCH = 20  # Chen (2024): about 20 s per epoch on a Colab GPU at 128 px
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock and process CPU seconds of each epoch (`on_epoch_begin` to `on_epoch_end`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.cpu_seconds = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu_start)
+
+
+def make_bare_step(model, optimizer, jit_compile):
+    """A plain compiled training step over `model.encoder` / `model.decoder`."""
+    seeds = keras.random.SeedGenerator(0)
+    variables = model.encoder.trainable_variables + model.decoder.trainable_variables
+
+    @tf.function(jit_compile=jit_compile)
+    def step(images):
+        with tf.GradientTape() as tape:
+            z_mean, z_log_var = model.encoder(images, training=True)
+            epsilon = keras.random.normal(tf.shape(z_mean), seed=seeds)
+            z = z_mean + tf.exp(0.5 * z_log_var) * epsilon
+            reconstructions = model.decoder(z, training=True)
+            recon = tf.reduce_mean(reconstruction_loss(images, reconstructions, "bce"))
+            kl = tf.reduce_mean(kl_divergence(z_mean, z_log_var))
+            loss = recon + kl
+        grads = tape.gradient(loss, variables)
+        optimizer.apply(grads, variables)
+        return loss
+
+    return step
+
+
+def run(size, channels, batch_size, steps, epochs, latent_dim, jit_compile,
+        steps_per_execution):
+    rng = np.random.default_rng(0)
+    images = rng.random((steps * batch_size, size, size, channels), dtype=np.float32)
+    dataset = (tf.data.Dataset.from_tensor_slices(images).batch(batch_size, drop_remainder=True)
+               .prefetch(tf.data.AUTOTUNE))
+
+    fit_model = VAE(image_size=size, channels=channels, latent_dim=latent_dim, seed=0)
+    fit_model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit_compile,
+                      steps_per_execution=steps_per_execution)
+    bare_model = VAE(image_size=size, channels=channels, latent_dim=latent_dim, seed=0)
+    bare_step = make_bare_step(bare_model, keras.optimizers.Adam(1e-4), jit_compile)
+
+    timer = EpochTimer()
+    bare_seconds, bare_cpu_seconds = [], []
+    for _ in range(epochs + 1):  # +1: the warm-up epoch of each side
+        fit_model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for batch in dataset:
+            loss = bare_step(batch)
+        float(loss)  # wait for the last step, as fit does when it reads its logs
+        bare_seconds.append(time.perf_counter() - start)
+        bare_cpu_seconds.append(time.process_time() - cpu_start)
+
+    # The fastest timed epoch is the least disturbed by other processes on a shared machine;
+    # CPU seconds of this process are a second, load-independent measure of the work done.
+    images_per_epoch = steps * batch_size
+    fit_s, bare_s = min(timer.seconds[1:]), min(bare_seconds[1:])
+    fit_cpu, bare_cpu = min(timer.cpu_seconds[1:]), min(bare_cpu_seconds[1:])
+    fit_ips, bare_ips = images_per_epoch / fit_s, images_per_epoch / bare_s
+    return {
+        "image_shape": [size, size, channels], "batch_size": batch_size,
+        "steps_per_epoch": steps, "timed_epochs": epochs, "latent_dim": latent_dim,
+        "jit_compile": jit_compile, "steps_per_execution": steps_per_execution,
+        "parameters": fit_model.count_params(),
+        "fit_images_per_second": round(fit_ips, 2),
+        "bare_images_per_second": round(bare_ips, 2),
+        "ratio_fit_over_bare": round(fit_ips / bare_ips, 3),
+        "ratio_fit_over_bare_cpu_time": round(bare_cpu / fit_cpu, 3),
+        "median_ratio_fit_over_bare": round(statistics.median(bare_seconds[1:])
+                                            / statistics.median(timer.seconds[1:]), 3),
+        "fit_epoch_seconds": [round(s, 3) for s in timer.seconds],
+        "bare_epoch_seconds": [round(s, 3) for s in bare_seconds],
+        "fit_epoch_cpu_seconds": [round(s, 3) for s in timer.cpu_seconds],
+        "bare_epoch_cpu_seconds": [round(s, 3) for s in bare_cpu_seconds],
+        "seconds_per_epoch_1190_images_fit": round(PAPER_IMAGES / fit_ips, 1),
+        "paper_seconds_per_epoch_colab_gpu": PAPER_SECONDS_PER_EPOCH,
+        "device": (tf.config.list_physical_devices("GPU") or ["CPU"])[0].__str__(),
+        "cpu_threads": os.cpu_count(), "machine": platform.machine(),
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128, help="image side (default 128)")
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="batches per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side")
+    parser.add_argument("--latent-dim", type=int, default=128)
+    parser.add_argument("--jit", choices=("off", "on"), default="off",
+                        help="XLA for both sides (default off, Keras' own choice on CPU)")
+    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--out", help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = run(args.size, args.channels, args.batch_size, args.steps, args.epochs,
+                 args.latent_dim, args.jit == "on", args.steps_per_execution)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
