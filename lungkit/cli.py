@@ -101,8 +101,170 @@ def _data_info(args):
 
 
 # --- train / sample ---------------------------------------------------------------------------
+# MODEL name -> "module:class", imported only when used (so `lungkit data` stays light)
+MODELS = {
+    "vae": "lungkit.models.vae:VAE",
+    "denoiser": "lungkit.models.denoiser:UNetDenoiser",
+    "diffusion": "lungkit.models.diffusion:DiffusionModel",
+}
+PHANTOM_DIR = Path("data/phantom")  # where `train` writes the phantom set without --data
+
+
+def model_class(name):
+    """The model class registered under `name` in `MODELS` (imported now)."""
+    import importlib
+
+    if name not in MODELS:
+        raise ValueError(f"MODEL must be one of {tuple(MODELS)}. Received: {name!r}")
+    module, _, attr = MODELS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _accepts(function, name):
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _default_data_dir():
+    from lungkit.data.images import list_image_files
+    from lungkit.data.phantom import make_phantom_dataset
+
+    try:
+        if list_image_files(PHANTOM_DIR):
+            logger.info("No --data: using the phantom set in %s", PHANTOM_DIR)
+            return PHANTOM_DIR
+    except (FileNotFoundError, ValueError):
+        pass
+    logger.info("No --data: generating the synthetic phantom set in %s", PHANTOM_DIR)
+    return make_phantom_dataset(PHANTOM_DIR)
+
+
+def _training_data(args, data_dir):
+    """Returns `(dataset_fn(global_batch) -> tf.data.Dataset, image count)`."""
+    from lungkit.data.pipeline import files_and_labels, make_dataset
+
+    options = dict(image_size=args.size, channels=args.channels, shuffle=True, seed=args.seed,
+                   with_labels=True)
+    if args.stream:
+        files, labels = files_and_labels(data_dir)
+        if args.limit:  # the first `limit` files of each class, as load_data(limit=) does
+            keep = [i for i, label in enumerate(labels) if (labels[:i] == label).sum() < args.limit]
+            files, labels = [files[i] for i in keep], labels[keep]
+        logger.info("Data: streaming %d files from %s", len(files), data_dir)
+        return (lambda batch: make_dataset(files=files, labels=labels, batch_size=batch,
+                                           cache=args.cache, **options)), len(files)
+    from lungkit.data.images import load_data
+
+    images, labels = load_data(data_dir, size=args.size, limit=args.limit)
+    logger.info("Data: %d images of %d px in memory from %s", len(images), args.size, data_dir)
+    return (lambda batch: make_dataset(images, labels, batch_size=batch, **options)), len(images)
+
+
+def _train(args):
+    import keras
+
+    from lungkit import training, viz
+
+    keras.utils.set_random_seed(args.seed)
+    cls = model_class(args.model)
+    kwargs = {"image_size": args.size, "channels": args.channels, **parse_assignments(args.set)}
+    if _accepts(cls.__init__, "seed"):
+        kwargs.setdefault("seed", args.seed)
+    dataset, count = _training_data(args, args.data or _default_data_dir())
+    out = Path(args.out or f"runs/{args.model}")
+    model, history = training.train(
+        lambda: cls(**kwargs), dataset, epochs=args.epochs, out_dir=out,
+        strategy=args.strategy, precision=args.precision, jit=args.jit,
+        learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
+        images_per_epoch=count)
+    model.save(out / f"{args.model}.keras")
+    viz.plot_history(dict(history), keys=list(model.loss_names),
+                     path=out / "curves.png", title=f"lungkit train {args.model}")
+    if args.samples:
+        options = {"seed": args.seed}
+        if hasattr(model, "timesteps") and _accepts(model.generate, "steps"):  # diffusion
+            options["steps"] = min(args.sample_steps, model.timesteps)
+        viz.save_grid(model.generate(args.samples, **options), out / "samples.png")
+    last = {k: history[k][-1] for k in model.loss_names if history.get(k)}
+    print(f"Model: {out / f'{args.model}.keras'} ({len(history.get('epoch', []))} epochs; "
+          + ", ".join(f"{k} {v:.5g}" for k, v in last.items()) + ")")
+    return 0
+
+
+def _sample(args):
+    import keras
+
+    from lungkit import viz
+
+    model_class(args.model)  # registers the class with Keras before loading
+    path = Path(args.model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"`--model` file not found: {path}")
+    model = keras.saving.load_model(path)
+    options = {"seed": args.seed}
+    for key in ("steps", "sampler"):
+        value = getattr(args, key)
+        if value is not None:
+            if not _accepts(model.generate, key):
+                raise ValueError(f"--{key} does not apply to the {args.model} model.")
+            options[key] = value
+    images = model.generate(args.n, **options)
+    viz.save_grid(images, args.out)
+    print(args.out)
+    return 0
+
+
 def add_train_commands(subparsers):
     """`lungkit train MODEL ...` and `lungkit sample MODEL ...`."""
+    train = subparsers.add_parser(
+        "train", help="train one model (resumable: run the same command again after a crash)",
+        description="Train a model on a dataset folder (IQ-OTH/NCCD layout; default: the "
+        "phantom set in data/phantom). Writes OUT/MODEL.keras (last) and MODEL.best.keras, "
+        "history.csv, curves.png and samples.png. A killed run started again with the same "
+        "--out resumes at its last finished epoch.")
+    train.add_argument("model", metavar="MODEL", choices=tuple(MODELS), help=", ".join(MODELS))
+    train.add_argument("--data", default=None, help="dataset folder (default: phantom set)")
+    train.add_argument("--size", type=int, default=128, help="image side in pixels (128)")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                       help="3 (RGB, the paper) or 1 (grayscale, about 3x cheaper)")
+    train.add_argument("--epochs", type=int, default=10, help="total epochs (10)")
+    train.add_argument("--batch-size", type=int, default=32,
+                       help="per replica; the global batch is this x replicas (32)")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's (1e-3)")
+    train.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
+    train.add_argument("--strategy", default="auto",
+                       help="auto|cpu|mirrored|multiworker|tpu (multiworker reads TF_CONFIG)")
+    train.add_argument("--precision", default="float32",
+                       help="float32|mixed_float16 (GPU)|mixed_bfloat16 (TPU, recent CPUs)")
+    train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    train.add_argument("--stream", action="store_true",
+                       help="decode files with tf.data each epoch instead of loading to memory")
+    train.add_argument("--cache", default=None,
+                       help="with --stream: 'memory' or a path prefix for a decoded cache")
+    train.add_argument("--limit", type=int, default=None, help="at most N images per class")
+    train.add_argument("--seed", type=int, default=0, help="seed of weights, noise, shuffle")
+    train.add_argument("--samples", type=int, default=16,
+                       help="images in samples.png after training (0: none)")
+    train.add_argument("--sample-steps", type=int, default=25,
+                       help="sampling steps for samples.png (diffusion; 25)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="model constructor argument, e.g. --set latent_dim=64 "
+                       "--set widths=16,32 (repeatable)")
+    train.set_defaults(handler=_train)
+
+    sample = subparsers.add_parser(
+        "sample", help="generate an image grid from a saved model",
+        description="Load OUT/MODEL.keras from `lungkit train` and save a grid of samples.")
+    sample.add_argument("model", metavar="MODEL", choices=tuple(MODELS), help=", ".join(MODELS))
+    sample.add_argument("--model", dest="model_path", required=True, help="a saved .keras model")
+    sample.add_argument("-n", type=int, default=16, help="number of images (16)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", default="samples.png", help="PNG path (samples.png)")
+    sample.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion)")
+    sample.add_argument("--sampler", default=None, help="ddim|ddpm|dpm++ (diffusion)")
+    sample.set_defaults(handler=_sample)
 
 
 # --- evaluate / compare / demo ----------------------------------------------------------------

@@ -1,0 +1,373 @@
+"""Training: `tf.distribute` strategies, precision, and resumable `fit` for lungkit models.
+
+- `get_strategy(name)` picks a `tf.distribute.Strategy`; `set_precision(name)` the Keras
+  dtype policy. `train(build_model, dataset, ...)` ties them together: it builds and
+  compiles the model inside `strategy.scope()` under the chosen precision, then trains.
+- `fit(model, dataset, epochs, out_dir)` is `model.fit` with `default_callbacks` (last/best
+  checkpoints, `BackupAndRestore`, CSV/TensorBoard logs, timing, NaN stop); a killed run
+  started again with the same `out_dir` resumes at its last finished epoch, and the history
+  it returns is read back from `history.csv`, so it covers every epoch exactly once.
+- `distributed_fit(...)` is the custom loop for `MultiWorkerMirroredStrategy`: Keras 3's
+  `Model.fit` fails there on TF 2.21 (keras-team/keras#20585, "Attempt to convert a value
+  (PerReplica...)"), so the loop calls each model's `gradient_step` through `strategy.run`.
+
+Mixed precision: with "mixed_float16" Keras' `compile()` wraps the optimizer in a
+`LossScaleOptimizer` by itself (keras/src/trainers/trainer.py, `auto_scale_loss=True`, when
+the model's dtype policy is mixed_float16), and `GenerativeModel.gradient_step` calls
+`optimizer.scale_loss`. Models keep their last layer and their losses in float32.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lungkit.callbacks import (  # noqa: F401  (re-exported: lungkit.training is the API)
+    BACKUP_DIR,
+    HISTORY_FILE,
+    FriendlyTerminateOnNaN,
+    TimingCallback,
+    default_callbacks,
+    read_history,
+    resume_epoch,
+    trim_history,
+)
+from lungkit.models.base import unpack_batch
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Environment variables that announce a TPU (Colab / Cloud TPU VMs). "auto" only asks the
+# TPU resolver when one is set: on other machines it would query the GCE metadata server.
+TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")
+
+
+def _tpu_strategy():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise ValueError(f"`strategy='tpu'` but no TPU was found ({error}). Use 'auto', "
+                         "'cpu' or 'mirrored' on this machine.") from error
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _mirrored_strategy():
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    # Without GPUs MirroredStrategy() would use CPU:0 alone; CPUs split into logical devices
+    # (tf.config.set_logical_device_configuration) are mirrored over, as in the tests.
+    devices = [d.name for d in gpus] if gpus else [d.name for d in cpus]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def _tf_config_workers():
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from error
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def get_strategy(name="auto"):
+    """Returns a `tf.distribute.Strategy` by name.
+
+    Args:
+        name: one of `STRATEGIES`, or a Strategy (returned as is).
+            "auto": a TPU when the environment announces one (`TPU_ENV_VARS`), multi-worker
+            when `TF_CONFIG` lists several workers, mirrored with more than one GPU, else the
+            default (single-device) strategy. "cpu": one CPU device. "mirrored": all GPUs (or
+            all logical CPUs). "multiworker": `MultiWorkerMirroredStrategy` from `TF_CONFIG`.
+            "tpu": `TPUStrategy`, error when there is none.
+    """
+    if isinstance(name, tf.distribute.Strategy):
+        return name
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if name == "auto":
+        if any(os.environ.get(var) for var in TPU_ENV_VARS):
+            try:
+                return _tpu_strategy()
+            except ValueError as error:
+                logger.warning("TPU announced but not usable, falling back: %s", error)
+        if _tf_config_workers() > 1:
+            name = "multiworker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            return tf.distribute.get_strategy()
+    if name == "cpu":
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name == "mirrored":
+        return _mirrored_strategy()
+    if name == "multiworker":
+        if _tf_config_workers() < 1:
+            logger.warning("strategy='multiworker' without TF_CONFIG: one worker only")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return _tpu_strategy()
+
+
+def set_precision(name="float32"):
+    """Sets the global Keras dtype policy; returns the previous policy's name.
+
+    Affects models built afterwards. "mixed_float16" (GPUs with tensor cores) computes in
+    float16 with float32 weights; "mixed_bfloat16" (TPUs, recent CPUs/GPUs) in bfloat16.
+    Loss scaling for float16 is automatic (see the module docstring).
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={name!r}")
+    previous = keras.config.dtype_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    return previous
+
+
+def is_multiworker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy):
+    """True on the worker that writes checkpoints and logs (task 0, or the "chief" task)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def batch_size_of(dataset):
+    """The (global) batch size of a batched `tf.data.Dataset`: static, else its first batch."""
+    spec = dataset.element_spec
+    spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if spec.shape.rank and spec.shape[0] is not None:
+        return int(spec.shape[0])
+    images, _ = unpack_batch(next(iter(dataset.take(1))))
+    return int(images.shape[0])
+
+
+class TrainingHistory(dict):
+    """Per-epoch lists `{key: [...]}` read from `history.csv`, continuous across resumes.
+
+    Also answers `.history` and `.epoch` like `keras.callbacks.History`.
+    """
+
+    @property
+    def history(self):
+        return self
+
+    @property
+    def epoch(self):
+        return list(self.get("epoch", []))
+
+
+def _history(out_dir):
+    history = read_history(Path(out_dir) / HISTORY_FILE)
+    return TrainingHistory({key: value for key, value in history.items()
+                            if not all(np.isnan(v) for v in value) or key == "epoch"})
+
+
+def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callbacks=(),
+        strategy=None, steps_per_epoch=None, verbose="auto", initial_epoch=0,
+        images_per_epoch=None, tensorboard=True):
+    """Trains a compiled model with lungkit's resumable callbacks.
+
+    Args:
+        model: a compiled `keras.Model` (for a strategy: built in its scope).
+        dataset: batched `tf.data.Dataset` of images in [0, 1] or `(images, labels)`.
+        epochs: the total number of epochs, counting those done before a resume.
+        out_dir: run folder (checkpoints, `history.csv`, `backup/`, TensorBoard `logs/`).
+        name: checkpoint file stem; default `model.name`.
+        validation_data: optional dataset; then the best checkpoint follows `val_loss`.
+        callbacks: extra callbacks, run after lungkit's.
+        strategy: the Strategy the model was built under (default: the model's own); a
+            multi-worker one runs `distributed_fit`, as `Model.fit` fails there.
+        steps_per_epoch, verbose, initial_epoch: as in `keras.Model.fit`.
+        images_per_epoch: exact image count per epoch for the timing (default: batches x
+            batch size).
+        tensorboard: also write TensorBoard logs.
+
+    Returns:
+        `TrainingHistory` with one entry per epoch 0..epochs-1, including `epoch_seconds`
+        and `images_per_second`.
+    """
+    strategy = get_strategy(strategy) if strategy is not None else model.distribute_strategy
+    if is_multiworker(strategy):
+        return distributed_fit(model, dataset, epochs, strategy, out_dir, name=name,
+                               steps_per_epoch=steps_per_epoch, verbose=verbose != 0)
+    name = name or model.name
+    out_dir = Path(out_dir)
+    defaults = default_callbacks(
+        out_dir, name=name, monitor="val_loss" if validation_data is not None else "loss",
+        batch_size=None if images_per_epoch else batch_size_of(dataset),
+        images_per_epoch=images_per_epoch,
+        tensorboard=tensorboard, initial_epoch=initial_epoch)
+    if not model.built and hasattr(model, "compute_losses"):  # BackupAndRestore needs it
+        _ensure_built(model, model.distribute_strategy, dataset)
+    model._initial_epoch = None  # an earlier restore must not leak into this run
+    model.fit(dataset, epochs=epochs, validation_data=validation_data,
+              callbacks=[*defaults, *callbacks], steps_per_epoch=steps_per_epoch,
+              verbose=verbose, initial_epoch=initial_epoch, shuffle=False)  # data shuffles
+    history = _history(out_dir)
+    done = len(history.get("epoch", []))
+    if defaults[0].seconds_per_epoch:
+        logger.info("Trained %s: %d epochs in %s; %s", name, done, out_dir,
+                    ", ".join(f"{k} {v:.3g}" for k, v in defaults[0].summary().items()))
+    return history
+
+
+def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="float32",
+          jit=False, learning_rate=1e-3, optimizer="adam", batch_size=None,
+          scale_learning_rate=False, name=None, **fit_kwargs):
+    """Builds, compiles and trains a model under a strategy and a precision.
+
+    Args:
+        build_model: callable with no arguments returning an uncompiled model; called inside
+            `strategy.scope()` with the precision policy set, so every variable is placed and
+            typed right.
+        dataset: a batched `tf.data.Dataset` (its batch is the global batch), or a callable
+            `dataset(global_batch_size) -> Dataset` used with `batch_size`.
+        epochs, out_dir, name, **fit_kwargs: as in `fit`.
+        strategy: a name from `STRATEGIES` or a Strategy.
+        precision: a name from `PRECISIONS`.
+        jit: compile the train step with XLA.
+        learning_rate: Adam's (or `optimizer`'s) learning rate for the global batch.
+        optimizer: a Keras optimizer identifier ("adam", "sgd", ...).
+        batch_size: per-replica batch; the global batch is `batch_size x replicas`.
+        scale_learning_rate: multiply `learning_rate` by the number of replicas (the linear
+            scaling rule, Goyal et al. 2017) for runs that grow the global batch.
+
+    Returns:
+        `(model, history)`.
+    """
+    strategy = get_strategy(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if callable(dataset) and not isinstance(dataset, tf.data.Dataset):
+        if batch_size is None:
+            raise ValueError("`batch_size` is required when `dataset` is a callable.")
+        dataset = dataset(batch_size * replicas)
+    if scale_learning_rate:
+        learning_rate *= replicas
+    previous = set_precision(precision)
+    try:
+        with strategy.scope():
+            model = build_model()
+            optimizer_class = type(keras.optimizers.get(optimizer))
+            model.compile(optimizer=optimizer_class(learning_rate=learning_rate),
+                          jit_compile=bool(jit))
+    finally:
+        set_precision(previous)  # the model keeps its policy; later models are unaffected
+    logger.info("Training %s: strategy %s (%d replica(s)), precision %s, jit %s, learning "
+                "rate %g, global batch %s", model.name, type(strategy).__name__, replicas,
+                precision, bool(jit), learning_rate,
+                batch_size * replicas if batch_size else batch_size_of(dataset))
+    history = fit(model, dataset, epochs, out_dir, name=name, strategy=strategy, **fit_kwargs)
+    return model, history
+
+
+def _ensure_built(model, strategy, dataset):
+    """Creates every model and optimizer variable eagerly, in `strategy.scope()`."""
+    with strategy.scope():
+        if not model.built:
+            images, labels = unpack_batch(next(iter(dataset.take(1))))
+            model.compute_losses(images, labels, training=False)
+            model.built = True
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+
+
+def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
+                    steps_per_epoch=None, verbose=True):
+    """Data-parallel training loop of our own (needed for `MultiWorkerMirroredStrategy`).
+
+    Every worker runs this with the same arguments. Each step distributes a global batch,
+    runs `model.gradient_step` on every replica with the replica's mean loss divided by the
+    number of replicas (the optimizer sums the replicas' gradients: their mean results), and
+    averages the losses for the logs. The chief writes `<name>.keras` and `history.csv`;
+    other workers save into a temporary folder that they delete (the standard pattern, as
+    saving may take part in collective ops). Each worker keeps its own backup and resumes
+    from it after a crash.
+
+    Args:
+        model: a `GenerativeModel` built (or buildable) and compiled in `strategy.scope()`.
+        dataset: batched `tf.data.Dataset` with the global batch, identical on every worker.
+        epochs: total epochs; out_dir, name: as in `fit`.
+        steps_per_epoch: steps per epoch (default: one pass over the dataset).
+        verbose: log one line per epoch.
+
+    Returns:
+        `TrainingHistory` (the chief's; other workers get their in-memory history).
+    """
+    name, out_dir, chief = name or model.name, Path(out_dir), is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    _ensure_built(model, strategy, dataset)
+    task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
+    backup = out_dir / (BACKUP_DIR if chief else f"{BACKUP_DIR}_worker{task}")
+    start = resume_epoch(backup) or 0
+    if start:
+        model.load_weights(backup / "latest.weights.h5")
+        logger.info("Resuming from %s at epoch %d", backup, start)
+    if chief:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = trim_history(out_dir / HISTORY_FILE, start)
+    history = TrainingHistory(read_history(out_dir / HISTORY_FILE) if chief and rows else {})
+
+    def replica_step(batch):
+        images, labels = unpack_batch(batch)
+        return tuple(model.gradient_step(images, labels, loss_divisor=replicas))
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch):
+        losses = strategy.run(replica_step, args=(batch,))
+        return [strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None) for loss in losses]
+
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    global_batch = batch_size_of(dataset)
+    for epoch in range(start, epochs):
+        started, step_losses = time.perf_counter(), []
+        for step, batch in enumerate(distributed):
+            if steps_per_epoch is not None and step >= steps_per_epoch:
+                break
+            step_losses.append([float(x) for x in train_step(batch)])
+        seconds = time.perf_counter() - started
+        logs = dict(zip(model.loss_names, np.mean(step_losses, axis=0).tolist(), strict=True))
+        logs.update(epoch_seconds=seconds,
+                    images_per_second=len(step_losses) * global_batch / seconds)
+        for key, value in {"epoch": epoch, **logs}.items():
+            history.setdefault(key, []).append(value)
+        _save_epoch(model, out_dir, name, epoch, logs, chief)
+        backup.mkdir(parents=True, exist_ok=True)
+        model.save_weights(backup / "latest.weights.h5")
+        (backup / "training_metadata.json").write_text(json.dumps({"epoch": epoch + 1}))
+        if verbose:
+            logger.info("epoch %d/%d: %s", epoch + 1, epochs,
+                        ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
+    shutil.rmtree(backup, ignore_errors=True)
+    return _history(out_dir) if chief else history
+
+
+def _save_epoch(model, out_dir, name, epoch, logs, chief):
+    """Chief: last checkpoint + one CSV row. Others: save to a temporary folder, delete it."""
+    if not chief:
+        temp = Path(tempfile.mkdtemp(prefix="lungkit_worker_"))
+        model.save(temp / f"{name}.keras")
+        shutil.rmtree(temp, ignore_errors=True)
+        return
+    model.save(out_dir / f"{name}.keras")
+    path = out_dir / HISTORY_FILE
+    fields = ["epoch", *sorted(logs)]
+    new = not path.exists() or not path.read_text().strip()
+    with path.open("a") as f:
+        if new:
+            f.write(",".join(fields) + "\n")
+        f.write(",".join(str({"epoch": epoch, **logs}[k]) for k in fields) + "\n")

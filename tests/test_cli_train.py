@@ -1,0 +1,99 @@
+"""Tests for `lungkit train` and `lungkit sample` (the add_train_commands section of cli.py)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungkit import cli
+from lungkit.callbacks import read_history
+
+TINY = {  # model-specific constructor arguments (--set) that make each model tiny
+    "vae": ["widths=8,16", "latent_dim=8", "dense_units=0"],
+    "denoiser": ["widths=8,16", "groups=4"],
+    "diffusion": ["widths=8,16", "blocks_per_level=1", "timesteps=20"],
+}
+
+
+def _train_args(model, data, out, *extra):
+    args = ["train", model, "--size", "32", "--channels", "1", "--epochs", "2",
+            "--batch-size", "4", "--limit", "3", "--out", str(out), "--samples", "4",
+            "--seed", "3", *extra]
+    if data is not None:
+        args += ["--data", str(data)]
+    for pair in TINY[model]:
+        args += ["--set", pair]
+    return args
+
+
+def test_train_vae_writes_model_history_curves_and_samples(phantom_dir, tmp_path, capsys):
+    assert cli.main(_train_args("vae", phantom_dir, tmp_path)) == 0
+    assert {"vae.keras", "vae.best.keras", "history.csv", "curves.png", "samples.png"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert not (tmp_path / "backup").exists()
+    history = read_history(tmp_path / "history.csv")
+    assert history["epoch"] == [0, 1]
+    assert set(history) == {"epoch", "epoch_seconds", "images_per_second", "loss",
+                            "reconstruction_loss", "kl_loss"}  # no empty val_* columns
+    assert all(np.isfinite(history["loss"]))
+    # 4 samples of 32 px in a grid: wider than one image, RGB
+    grid = np.asarray(Image.open(tmp_path / "samples.png"))
+    assert grid.ndim == 3 and grid.shape[1] > 32
+    assert "vae.keras (2 epochs; loss" in capsys.readouterr().out
+
+    out = tmp_path / "grid.png"
+    assert cli.main(["sample", "vae", "--model", str(tmp_path / "vae.keras"), "-n", "2",
+                     "--seed", "1", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 32
+    # options of another model are refused with a clear message
+    assert cli.main(["sample", "vae", "--model", str(tmp_path / "vae.keras"), "--steps", "5",
+                     "--out", str(out)]) == 1
+
+
+@pytest.mark.parametrize("model, precision", [("denoiser", "mixed_bfloat16"),
+                                              ("diffusion", "float32")])
+def test_train_other_models_streaming(model, precision, phantom_dir, tmp_path):
+    pytest.importorskip(cli.MODELS[model].split(":")[0])
+    args = _train_args(model, phantom_dir, tmp_path, "--stream", "--precision", precision)
+    assert cli.main(args) == 0
+    history = read_history(tmp_path / "history.csv")
+    assert history["epoch"] == [0, 1] and all(np.isfinite(history["loss"]))
+    assert (tmp_path / f"{model}.keras").exists() and (tmp_path / "samples.png").exists()
+
+
+def test_train_without_data_uses_or_makes_the_phantom_set(phantom_dir, tmp_path, monkeypatch,
+                                                          caplog):
+    import lungkit.data.phantom as phantom
+
+    made, original = [], phantom.make_phantom_dataset
+
+    def small_phantom(root, **kwargs):  # the real generator, at a size a test can afford
+        made.append(root)
+        return original(root, per_class=3, size=32, progress=False)
+
+    monkeypatch.setattr(phantom, "make_phantom_dataset", small_phantom)
+    monkeypatch.setattr(cli, "PHANTOM_DIR", tmp_path / "phantom")
+    caplog.set_level("INFO", logger="lungkit")
+    args = _train_args("vae", None, tmp_path / "run", "--epochs", "1", "--samples", "0")
+    assert cli.main(args) == 0
+    assert made == [tmp_path / "phantom"] and "generating the synthetic phantom" in caplog.text
+    assert cli.main(args) == 0  # second time: found, not regenerated
+    assert made == [tmp_path / "phantom"] and "using the phantom set" in caplog.text
+
+
+def test_train_rejects_bad_options(phantom_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "gan", "--data", str(phantom_dir)])
+    assert "invalid choice: 'gan'" in capsys.readouterr().err
+    bad = _train_args("vae", phantom_dir, tmp_path, "--precision", "fp8")
+    assert cli.main(bad) == 1
+    assert cli.main(_train_args("vae", phantom_dir, tmp_path, "--set", "latent_dim")) == 1
+    assert cli.main(["sample", "vae", "--model", str(tmp_path / "missing.keras")]) == 1
+
+
+def test_model_registry_names_importable_classes():
+    assert cli.model_class("vae").__name__ == "VAE"
+    with pytest.raises(ValueError, match=r"MODEL must be one of \('vae', 'denoiser'"):
+        cli.model_class("gan")
+    json.dumps(cli.MODELS)  # plain strings: nothing imported at CLI start-up

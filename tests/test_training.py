@@ -1,0 +1,362 @@
+"""Tests for lungkit.training and lungkit.callbacks: strategies, precision, callbacks, resume
+after SIGKILL, mirrored and multi-worker training.
+
+A tiny autoencoder defined here stands in for the real models. Tests that need a fresh
+TensorFlow (logical CPU devices, TF_CONFIG) run this file's `_worker` entry in subprocesses.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lungkit import training
+from lungkit.callbacks import TimingCallback, read_history
+from lungkit.models.base import GenerativeModel
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@keras.saving.register_keras_serializable(package="lungkit_tests")
+class TinyAutoencoder(GenerativeModel):
+    """Two convolutions reconstructing their (optionally noised) input, MSE loss."""
+
+    loss_names = ("loss", "mse")
+
+    def __init__(self, noise_std=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.noise_std = noise_std
+        self.encoder = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
+        self.decoder = keras.layers.Conv2D(3, 3, padding="same", dtype="float32")
+        self.noise = keras.random.SeedGenerator(1)
+
+    def call(self, images, training=False):
+        return self.decoder(self.encoder(images))
+
+    def compute_losses(self, images, labels=None, training=False):
+        noisy = images
+        if self.noise_std:
+            noisy = images + self.noise_std * keras.random.normal(keras.ops.shape(images),
+                                                                  seed=self.noise)
+        error = keras.ops.cast(self(noisy, training=training), "float32") - images
+        mse = keras.ops.mean(error**2)
+        return mse, mse
+
+    def get_config(self):
+        return {**super().get_config(), "noise_std": self.noise_std}
+
+
+def tiny_images(n=8, size=8):
+    return np.random.RandomState(0).rand(n, size, size, 3).astype("float32")
+
+
+def tiny_dataset(n=8, batch_size=4):
+    return tf.data.Dataset.from_tensor_slices(tiny_images(n)).batch(batch_size)
+
+
+def build(noise_std=0.0, optimizer=None):
+    keras.utils.set_random_seed(0)
+    model = TinyAutoencoder(noise_std=noise_std, name="tiny")
+    model.compile(optimizer or keras.optimizers.SGD(0.1))
+    return model
+
+
+# --- strategies and precision -----------------------------------------------------------------
+def test_get_strategy_names_and_errors(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for var in training.TPU_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert training.get_strategy("auto") is tf.distribute.get_strategy()  # 1 CPU, no TPU
+    assert isinstance(training.get_strategy("cpu"), tf.distribute.OneDeviceStrategy)
+    mirrored = training.get_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert training.get_strategy(mirrored) is mirrored
+    with pytest.raises(ValueError, match=r"`strategy` must be one of .*'multiworker'.*gpu"):
+        training.get_strategy("gpu")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        training.get_strategy("auto")
+
+
+def test_set_precision_returns_previous_and_rejects_unknown():
+    assert training.set_precision("mixed_bfloat16") == "float32"
+    try:
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        assert training.set_precision("float32") == "mixed_bfloat16"
+    with pytest.raises(ValueError, match=r"`precision` must be one of .*Received: precision='fp8'"):
+        training.set_precision("fp8")
+
+
+@pytest.mark.parametrize("precision, jit", [("float32", False), ("mixed_float16", False),
+                                            ("mixed_bfloat16", False), ("float32", True)])
+def test_each_precision_and_jit_trains_without_nan(precision, jit, tmp_path):
+    model, history = training.train(
+        lambda: TinyAutoencoder(name="tiny"), tiny_dataset(), epochs=1, out_dir=tmp_path,
+        strategy="cpu", precision=precision, jit=jit, learning_rate=1e-2, verbose=0)
+    assert keras.config.dtype_policy().name == "float32"  # restored for later models
+    assert model.encoder.compute_dtype == {"mixed_float16": "float16",
+                                           "mixed_bfloat16": "bfloat16"}.get(precision, "float32")
+    assert model.decoder.compute_dtype == "float32"  # the last layer stays float32
+    if precision == "mixed_float16":  # Keras' compile() added loss scaling
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert history["epoch"] == [0] and np.isfinite(history["loss"][0])
+    assert model.optimizer.iterations.numpy() == 2
+
+
+def test_train_builds_global_batch_from_callable(tmp_path):
+    seen = []
+
+    def dataset(global_batch):
+        seen.append(global_batch)
+        return tiny_dataset(batch_size=global_batch)
+
+    _, history = training.train(lambda: TinyAutoencoder(name="tiny"), dataset, epochs=1,
+                                out_dir=tmp_path, strategy="cpu", batch_size=2, verbose=0)
+    assert seen == [2] and history["images_per_second"][0] > 0
+    with pytest.raises(ValueError, match="`batch_size` is required"):
+        training.train(TinyAutoencoder, dataset, epochs=1, out_dir=tmp_path)
+
+
+# --- callbacks ------------------------------------------------------------------------------------
+def test_timing_callback_records_seconds_and_images_per_second(tmp_path):
+    model, timing = build(), TimingCallback(batch_size=4)
+    exact = TimingCallback(images_per_epoch=7)
+    history = training.fit(model, tiny_dataset(), 3, tmp_path, callbacks=[timing, exact],
+                           verbose=0)
+    assert len(timing.seconds_per_epoch) == 3 and min(timing.seconds_per_epoch) > 0
+    assert timing.first_epoch_seconds == timing.seconds_per_epoch[0]
+    np.testing.assert_allclose(timing.images_per_second,
+                               [8 / s for s in timing.seconds_per_epoch], rtol=1e-6)
+    np.testing.assert_allclose(exact.images_per_second,
+                               [7 / s for s in exact.seconds_per_epoch], rtol=1e-6)
+    summary = timing.summary()
+    assert summary["seconds_per_epoch"] == pytest.approx(np.mean(timing.seconds_per_epoch[1:]))
+    # lungkit's own timing callback wrote into the logs, so the CSV holds both columns
+    assert len(history["epoch_seconds"]) == 3 and all(r > 0 for r in history["images_per_second"])
+
+
+def test_nan_loss_stops_with_advice(tmp_path, caplog):
+    images = tiny_images()
+    images[0, 0, 0, 0] = np.nan
+    model = build()
+    with caplog.at_level("ERROR", logger="lungkit.callbacks"):
+        history = training.fit(model, tf.data.Dataset.from_tensor_slices(images).batch(4),
+                               5, tmp_path, verbose=0)
+    assert model.optimizer.iterations.numpy() == 1  # stopped after the first batch
+    assert history["epoch"] == [0]
+    message = caplog.text
+    assert "became nan at epoch 0, batch 0" in message
+    assert "lower the learning rate (now 0.1" in message and "[0, 1]" in message
+
+
+def test_checkpoints_history_and_backup_cleanup(tmp_path):
+    model = build()
+    history = training.fit(model, tiny_dataset(), 2, tmp_path, verbose=0,
+                           validation_data=tiny_dataset())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "logs") == [
+        "history.csv", "tiny.best.keras", "tiny.keras"]  # backup/ removed at the end
+    assert history["epoch"] == [0, 1] and history["loss"][1] < history["loss"][0]
+    assert history["val_loss"][1] < history["val_loss"][0]  # the best checkpoint's monitor
+    reloaded = keras.saving.load_model(tmp_path / "tiny.keras")
+    for a, b in zip(reloaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert reloaded.optimizer.iterations.numpy() == 4
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    reference = build(noise_std=0.3)
+    expected = training.fit(reference, tiny_dataset(), 4, tmp_path / "ref", verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(build(noise_std=0.3), tiny_dataset(), 4, tmp_path / "run",
+                     callbacks=[_Interrupt()], verbose=0)
+    assert len(read_history(tmp_path / "run" / "history.csv")["epoch"]) == 2
+    resumed = build(noise_std=0.3)  # a fresh process would start from fresh weights
+    history = training.fit(resumed, tiny_dataset(), 4, tmp_path / "run", verbose=0)
+    assert history["epoch"] == [0, 1, 2, 3]
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-5)
+    # weights, optimizer and the noise generator's state all came back
+    np.testing.assert_array_equal(resumed.noise.state.numpy(), reference.noise.state.numpy())
+    for a, b in zip(resumed.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_drops_history_rows_that_will_be_redone(tmp_path):
+    # A kill after the CSV row of epoch 2 but before its backup: epoch 2 is trained again.
+    (tmp_path / "backup").mkdir(parents=True)
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    trained = build()
+    trained.fit(tiny_dataset(), epochs=2, verbose=0, shuffle=False)
+    trained.save_weights(tmp_path / "backup" / "latest.weights.h5")
+    (tmp_path / "history.csv").write_text(
+        "epoch,epoch_seconds,images_per_second,loss,mse\n"
+        "0,1,8,0.5,0.5\n1,1,8,0.4,0.4\n2,1,8,0.3,0.3\n")
+    history = training.fit(build(), tiny_dataset(), 3, tmp_path, verbose=0)
+    assert history["epoch"] == [0, 1, 2] and history["loss"][:2] == [0.5, 0.4]
+    assert history["loss"][2] != 0.3
+
+
+# --- subprocess tests: SIGKILL resume, mirrored on two logical CPUs, multi-worker ----------------
+def _python(*args, env=None):
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
+                   "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *map(str, args)],
+                            env=environment, cwd=str(ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process, timeout=120):
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def test_sigkill_during_epoch_2_then_restart_resumes_with_continuous_history(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    reference = _python("train", tmp_path / "ref", "-")
+    killed = _python("train", run, marker)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert killed.poll() is None and time.time() < deadline, killed.stdout.read()[-3000:]
+        time.sleep(0.1)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert read_history(run / "history.csv")["epoch"] == [0, 1]  # killed inside epoch 2
+    _finish(_python("train", run, "-"))
+    _finish(reference)
+    resumed = json.loads((run / "result.json").read_text())
+    expected = json.loads((tmp_path / "ref" / "result.json").read_text())
+    assert resumed["epochs_run"] == [2, 3] and expected["epochs_run"] == [0, 1, 2, 3]
+    history = read_history(run / "history.csv")
+    assert history["epoch"] == [0, 1, 2, 3]
+    np.testing.assert_allclose(history["loss"], expected["history"]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(resumed["weights"], expected["weights"], rtol=1e-5, atol=1e-6)
+    assert not (run / "backup").exists()
+
+
+def test_mirrored_two_logical_cpus_matches_one_device(tmp_path):
+    output = _finish(_python("mirrored", tmp_path))
+    result = json.loads((tmp_path / "mirrored.json").read_text())
+    assert result["replicas"] == 2, output
+    assert result["fit_loss"] == pytest.approx(result["single_loss"], rel=1e-5)
+    for key in ("fit_weights", "loop_weights"):
+        np.testing.assert_allclose(result[key], result["single_weights"], rtol=1e-4, atol=1e-6)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multiworker_two_processes_same_weights_chief_alone_writes(tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = [
+        _python("multiworker", tmp_path / f"worker{i}",
+                env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                              "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    outputs = [_finish(p, timeout=180) for p in processes]
+    results = [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(2)]
+    assert [r["replicas"] for r in results] == [2, 2], outputs
+    np.testing.assert_array_equal(results[0]["weights"], results[1]["weights"])
+    # one device, the same global batches: the same weights
+    np.testing.assert_allclose(results[0]["weights"], results[0]["single_weights"],
+                               rtol=1e-4, atol=1e-6)
+    chief, other = tmp_path / "worker0", tmp_path / "worker1"
+    assert sorted(p.name for p in chief.iterdir()) == ["history.csv", "tiny.keras"]
+    assert read_history(chief / "history.csv")["epoch"] == [0, 1]
+    assert not other.exists() or not any(other.iterdir())
+
+
+# --- subprocess entry points --------------------------------------------------------------------
+def _flat_weights(model):
+    return np.concatenate([w.ravel() for w in model.get_weights()]).tolist()
+
+
+def _worker_train(out_dir, marker):
+    """Trains 4 epochs; with a marker path, writes it inside epoch 2 and hangs (to be killed)."""
+
+    class Hang(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 2:
+                Path(marker).write_text("epoch 2 batch 0 done")
+                time.sleep(600)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    class Record(keras.callbacks.Callback):
+        epochs = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append(epoch)
+
+    model = build(noise_std=0.3, optimizer=keras.optimizers.Adam(1e-2))
+    callbacks = [Record()] + ([Hang()] if marker != "-" else [])
+    history = training.fit(model, tiny_dataset(), 4, out_dir, callbacks=callbacks, verbose=0)
+    Path(out_dir, "result.json").write_text(json.dumps({
+        "epochs_run": Record.epochs, "history": dict(history), "weights": _flat_weights(model)}))
+
+
+def _worker_mirrored(out_dir):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    single = build()
+    initial = single.get_weights()
+    single_loss = single.fit(tiny_dataset(4), verbose=0).history["loss"][0]
+    strategy = training.get_strategy("mirrored")
+    results = {"replicas": strategy.num_replicas_in_sync, "single_loss": single_loss,
+               "single_weights": _flat_weights(single)}
+    for mode in ("fit", "loop"):
+        with strategy.scope():
+            model = build()
+            model.set_weights(initial)
+        if mode == "fit":
+            results["fit_loss"] = model.fit(tiny_dataset(4), verbose=0).history["loss"][0]
+        else:
+            training.distributed_fit(model, tiny_dataset(4), 1, strategy, Path(out_dir) / "loop")
+        results[f"{mode}_weights"] = _flat_weights(model)
+    Path(out_dir, "mirrored.json").write_text(json.dumps(results))
+
+
+def _worker_multiworker(out_dir):
+    strategy = training.get_strategy("auto")  # TF_CONFIG with two workers -> multi-worker
+    with strategy.scope():
+        model = build()
+    initial = model.get_weights()
+    training.fit(model, tiny_dataset(), 2, out_dir)  # picks the custom loop by itself
+    single = build()
+    single.set_weights(initial)
+    single.fit(tiny_dataset(), epochs=2, verbose=0)
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    Path(out_dir).parent.joinpath(f"result{index}.json").write_text(json.dumps({
+        "replicas": strategy.num_replicas_in_sync, "weights": _flat_weights(model),
+        "single_weights": _flat_weights(single)}))
+
+
+if __name__ == "__main__":
+    command, *arguments = sys.argv[1:]
+    {"train": _worker_train, "mirrored": _worker_mirrored,
+     "multiworker": _worker_multiworker}[command](*arguments)
