@@ -23,9 +23,11 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from lungkit.data.images import CLASS_NAMES
+
 logger = logging.getLogger(__name__)
 
-NUM_CLASSES = 3  # Normal, Benign, Malignant (lungkit.data.images.CLASS_NAMES)
+NUM_CLASSES = len(CLASS_NAMES)  # Normal, Benign, Malignant
 INCEPTION_SIZE = 299  # InceptionV3's native input size (Szegedy et al., 2016)
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras name
 DOMAIN_WIDTHS = (16, 32, 64)  # conv widths of the domain CNN: seconds per epoch on CPU at 64 px
@@ -229,15 +231,45 @@ def predict_labels(model, images, batch_size=64):
     """Argmax class of a classifier's logits for float images, resized to its input size."""
     _, size, _, channels = model.input_shape
     images = resize_images(check_images(images), size, channels)
-    logits = model.predict(images, batch_size=batch_size, verbose=0)
-    return np.argmax(logits, axis=-1)
+    return np.argmax(predict_batches(model, images, batch_size), axis=-1)
+
+
+def predict_batches(model, images, batch_size=64):
+    """`model(images)` in eager batches, as numpy (no `predict()` retracing per new model)."""
+    outputs = [keras.ops.convert_to_numpy(model(images[start : start + batch_size], training=False))
+               for start in range(0, len(images), batch_size)]
+    return np.concatenate(outputs, axis=0)
+
+
+def normalize_feature_scale(classifier, images, batch_size=64):
+    """Rescales a classifier's "features" layer in place to mean square 1 on `images`.
+
+    KID's kernel (x.y / D + 1)^3 assumes features of order 1, as InceptionV3's are; a freshly
+    trained CNN's ReLU features can be 10x larger, which makes KID huge and high-variance.
+    ReLU is positively homogeneous, so multiplying the "features" layer's weights by c and
+    dividing the logits kernel by c scales the features by c and leaves the logits unchanged.
+
+    Returns:
+        The factor c applied.
+    """
+    feature_model = keras.Model(classifier.input, classifier.get_layer("features").output)
+    features = predict_batches(feature_model, images, batch_size)
+    scale = 1.0 / max(float(np.sqrt(np.mean(np.square(features)))), 1e-12)
+    feature_layer, logits_layer = classifier.get_layer("features"), classifier.get_layer("logits")
+    kernel, bias = feature_layer.get_weights()
+    feature_layer.set_weights([kernel * scale, bias * scale])
+    kernel, bias = logits_layer.get_weights()
+    logits_layer.set_weights([kernel / scale, bias])
+    return scale
 
 
 class DomainEncoder(FeatureExtractor):
     """Penultimate-layer features of a CT classifier trained on the real training images.
 
     Build it with `DomainEncoder.fit(...)` (trains, or reloads the cached `.keras` file for
-    the same data and settings) or `DomainEncoder.load(path)`.
+    the same data and settings) or `DomainEncoder.load(path)`. Features are `(N, 64)`, >= 0,
+    scaled so that on the training images their mean square is 1 (see
+    `normalize_feature_scale`).
     """
 
     def __init__(self, classifier, name="domain_encoder", path=None, loaded_from_cache=False,
@@ -274,6 +306,7 @@ class DomainEncoder(FeatureExtractor):
             return cls(keras.saving.load_model(path), name=name, path=path, loaded_from_cache=True)
         classifier = train_classifier(images, labels, image_size, channels, num_classes,
                                       epochs=epochs, batch_size=batch_size, min_steps=min_steps)
+        normalize_feature_scale(classifier, images)
         path.parent.mkdir(parents=True, exist_ok=True)
         classifier.save(path)
         logger.info("Saved domain encoder to %s", path)

@@ -15,6 +15,7 @@ All image inputs are float NHWC in [0, 1] with 1 or 3 channels. Implements:
 """
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,9 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
+from lungkit.data.images import CLASS_NAMES
 from lungkit.features import (
+    NUM_CLASSES,
     check_images,
     data_hash,
     predict_labels,
@@ -39,7 +42,6 @@ FRECHET_EPS = 1e-6  # diagonal offset for a singular covariance product (pytorch
 FRECHET_IMAG_TOL = 1e-3  # largest imaginary part of sqrtm accepted as round-off (pytorch-fid)
 KID_FULL_KERNEL_MAX = 4096  # largest set whose full kernel matrix (128 MiB) KID keeps
 THUMBNAIL_SIZE = 32  # side of the grayscale thumbnails compared by `memorization`
-DEFAULT_CLASS_NAMES = ("Normal", "Benign", "Malignant")  # = lungkit.data.images.CLASS_NAMES
 
 EVALUATE_KEYS = (
     "n_generated", "n_real", "n_train", "feature_extractor",
@@ -189,7 +191,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=FRECHET_EPS):
 
     def sqrt_product(offset):
         identity = np.eye(len(mu1)) * offset
-        return scipy.linalg.sqrtm((sigma1 + identity) @ (sigma2 + identity))
+        with warnings.catch_warnings():  # "singular matrix": handled by the checks below
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            return scipy.linalg.sqrtm((sigma1 + identity) @ (sigma2 + identity))
 
     covmean = sqrt_product(0.0)
     scale = max(1.0, np.abs(np.trace(sigma1 @ sigma2)) ** 0.5)
@@ -218,7 +222,9 @@ def kid(features_a, features_b, subsets=100, subset_size=1000, seed=0):
     without replacement (Binkowski et al., 2018; clean-fid's `kernel_distance`).
 
     Returns:
-        `(mean, std)` over subsets; the mean is ~0 (either sign) for one distribution.
+        `(mean, std)` over subsets; the mean is ~0 (either sign) for one distribution. The
+        std is over subsets of one sample of images: when the subset is most of the set (few
+        images) it understates how much KID would vary with a new sample.
     """
     a = (features_a.features if isinstance(features_a, FeatureStats) else np.asarray(features_a))
     b = (features_b.features if isinstance(features_b, FeatureStats) else np.asarray(features_b))
@@ -329,7 +335,7 @@ def memorization(generated, train, threshold=0.95, features=None, batch_size=512
 
 
 # --------------------------------------------------------------------------- classes
-def class_fidelity(generated, requested_labels, classifier, class_names=DEFAULT_CLASS_NAMES):
+def class_fidelity(generated, requested_labels, classifier, class_names=CLASS_NAMES):
     """How often a classifier trained on real images recognises the requested class.
 
     Args:
@@ -360,7 +366,7 @@ def class_fidelity(generated, requested_labels, classifier, class_names=DEFAULT_
 
 
 def train_synthetic_test_real(synthetic_images, synthetic_labels, real_test_images,
-                              real_test_labels, epochs=10, image_size=None, num_classes=3):
+                              real_test_labels, epochs=10, image_size=None, num_classes=NUM_CLASSES):
     """Trains the lungkit CNN on generated images only; returns its accuracy on real ones.
 
     Near the real-trained accuracy when the synthetic set captures the classes; chance

@@ -81,6 +81,7 @@ def test_domain_encoder_trains_caches_and_reloads(tmp_path):
     assert encoder.name.startswith("domain_encoder_") and encoder.path.stem == encoder.name
     first = encoder(images)
     assert first.shape == (len(images), F.DOMAIN_FEATURE_DIMS) and first.dtype == np.float32
+    assert np.mean(first**2) == pytest.approx(1.0, rel=1e-3)  # normalised for KID's kernel
     mtime = os.path.getmtime(encoder.path)
 
     again = F.DomainEncoder.fit(images, labels, cache_dir=tmp_path, epochs=2, min_steps=0)
@@ -90,6 +91,17 @@ def test_domain_encoder_trains_caches_and_reloads(tmp_path):
 
     other = F.DomainEncoder.fit(images[:-1], labels[:-1], cache_dir=tmp_path, epochs=2, min_steps=0)
     assert other.name != encoder.name  # other data, other key
+
+
+def test_normalize_feature_scale_keeps_logits():
+    images, _ = class_images(2)
+    model = F.build_classifier(32, 1)
+    logits = model.predict(images, verbose=0)
+    scale = F.normalize_feature_scale(model, images)
+    assert scale > 0
+    np.testing.assert_allclose(model.predict(images, verbose=0), logits, rtol=1e-4, atol=1e-5)
+    features = keras.Model(model.input, model.get_layer("features").output).predict(images, verbose=0)
+    assert np.mean(features**2) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_domain_encoder_accepts_other_sizes_and_channels(tmp_path):
