@@ -1,0 +1,346 @@
+"""`DiffusionModel`: a pixel-space DDPM with EMA weights and DDPM / DDIM / DPM-Solver++ sampling.
+
+Training follows Ho et al. (2020): a random timestep per image, Gaussian noise, and the MSE of
+the network's noise (or v, Salimans & Ho 2022) prediction. Sampling runs one compiled step
+function in a Python loop over a `SamplingPlan` from `lungkit.models.schedule` (whose maths,
+notation table and references are re-exported here). Classifier-free guidance follows Ho &
+Salimans (2022), with `guidance` = w in
+
+    eps = eps_uncond + w * (eps_cond - eps_uncond),
+
+so w = 0 is unconditional sampling, w = 1 conditional sampling, w > 1 guided sampling.
+
+Images are in [-1, 1] inside the model and float32 [0, 1] at its public boundary.
+"""
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf  # tf.function (the compiled sampling step) and tf.distribute only
+from keras import ops
+from tqdm.auto import tqdm
+
+from lungkit.models.base import GenerativeModel
+from lungkit.models.schedule import (  # noqa: F401  (re-exported: the public schedule API)
+    COEFFICIENTS,
+    PREDICTIONS,
+    SAMPLERS,
+    SCHEDULES,
+    SPACINGS,
+    NoiseSchedule,
+    SamplingPlan,
+    cosine_alpha_bar,
+    cosine_schedule,
+    ddim_timesteps,
+    denoising_update,
+    dpm_solver_timesteps,
+    eps_from_velocity,
+    eps_from_x0,
+    linear_schedule,
+    velocity,
+    x0_from_eps,
+    x0_from_velocity,
+)
+from lungkit.models.unet import build_unet
+
+logger = logging.getLogger(__name__)
+
+# diffusers' "benign" folder is spelled "Bengin" in IQ-OTH/NCCD; accept both.
+LABEL_ALIASES = {"bengin": "benign"}
+
+
+def resolve_labels(label, n, num_classes):
+    """Turns `label` (int, class name, or a sequence of either) into int32 `(n,)`.
+
+    Names are matched case-insensitively against `lungkit.data.images.CLASS_NAMES`
+    ("Normal", "Benign", "Malignant"); "bengin" (the dataset's spelling) means "Benign".
+    """
+    from lungkit.data.images import CLASS_NAMES
+
+    names = [name.lower() for name in CLASS_NAMES]
+    values = [label] * n if isinstance(label, (str, int, np.integer)) else list(label)
+    if len(values) != n:
+        raise ValueError(f"`label` must be one label or {n} labels. Received {len(values)} labels")
+    resolved = []
+    for value in values:
+        if isinstance(value, str):
+            key = LABEL_ALIASES.get(value.lower(), value.lower())
+            if key not in names:
+                raise ValueError(f"`label` must be a class index or one of {CLASS_NAMES}. "
+                                 f"Received: label={value!r}")
+            value = names.index(key)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not 0 <= value < num_classes:
+            raise ValueError(f"`label` must be an integer in [0, {num_classes - 1}] or a class "
+                             f"name. Received: label={value!r}")
+        resolved.append(int(value))
+    return np.asarray(resolved, dtype=np.int32)
+
+
+def update_ema(ema_variables, variables, decay):
+    """`ema = decay * ema + (1 - decay) * w` for every pair, in or out of `tf.distribute`.
+
+    In a replica context (inside `fit` under a strategy) the update runs once per variable
+    through `merge_call`, as Keras' own optimizer updates its variables.
+    """
+    def assign(ema, value):
+        return ema.assign(decay * ema + (1.0 - decay) * value)
+
+    def update(strategy):
+        for ema_variable, variable in zip(ema_variables, variables, strict=True):
+            strategy.extended.update(ema_variable.value, assign, args=(variable.value,),
+                                     group=False)
+
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        update(tf.distribute.get_strategy())
+    else:
+        context.merge_call(update)
+
+
+@keras.saving.register_keras_serializable(package="lungkit")
+class DiffusionModel(GenerativeModel):
+    """A pixel-space DDPM with EMA weights, sampled by DDPM, DDIM or DPM-Solver++(2M).
+
+    Args:
+        image_size: height and width of the images.
+        channels: image channels (1 or 3 for CT).
+        timesteps: T, the number of diffusion steps.
+        schedule: a key of `SCHEDULES` ("cosine" or "linear").
+        prediction: what the network predicts: "epsilon" (Ho et al.) or "v" (Salimans & Ho).
+        widths, blocks_per_level, attention_levels: the U-Net (`build_unet`).
+        ema_decay: decay of the exponential moving average of the weights, in [0, 1).
+        num_classes: None for an unconditional model; else the number of classes, and the
+            network gets a `labels` input (index `num_classes` = no label).
+        class_dropout: probability, in training, of replacing a label by "no label", which
+            teaches the unconditional model used by classifier-free guidance.
+        seed: seed of the training noise and timesteps.
+
+    Training batches are images float32 `(B, image_size, image_size, channels)` in [0, 1], or
+    `(images, labels)` with int labels `(B,)`; the loss is the MSE of the prediction.
+    """
+
+    loss_names = ("loss",)
+
+    def __init__(self, image_size=64, channels=3, timesteps=1000, schedule="cosine",
+                 prediction="epsilon", widths=(32, 64, 96, 128), blocks_per_level=2,
+                 attention_levels=(), ema_decay=0.999, num_classes=None, class_dropout=0.1,
+                 seed=None, **kwargs):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"`prediction` must be one of {PREDICTIONS}. "
+                             f"Received: prediction={prediction!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
+        if not 0.0 <= class_dropout < 1.0:
+            raise ValueError(f"`class_dropout` must be in [0, 1). "
+                             f"Received: class_dropout={class_dropout}")
+        schedule_object = NoiseSchedule(schedule, timesteps)  # validates both
+        super().__init__(**kwargs)
+        self.image_size, self.channels, self.prediction = image_size, channels, prediction
+        self.timesteps, self.schedule_name = int(timesteps), schedule
+        self.widths, self.blocks_per_level = tuple(widths), blocks_per_level
+        self.attention_levels = tuple(attention_levels)
+        self.ema_decay, self.num_classes, self.class_dropout = ema_decay, num_classes, class_dropout
+        self.seed = seed
+        self.schedule = schedule_object
+        unet_args = dict(image_size=image_size, channels=channels, widths=self.widths,
+                         blocks_per_level=blocks_per_level,
+                         attention_levels=self.attention_levels, time_embedding=True,
+                         num_classes=num_classes)
+        self.network = build_unet(**unet_args, name="network")
+        self.ema_network = build_unet(**unet_args, name="ema_network")
+        self.ema_network.set_weights(self.network.get_weights())
+        self.ema_network.trainable = False  # updated by after_train_step, not the optimizer
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._alphas_cumprod = self.schedule.alphas_cumprod.astype("float32")
+        self._compiled_step = None
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "image_size": self.image_size, "channels": self.channels,
+                "timesteps": self.timesteps, "schedule": self.schedule_name,
+                "prediction": self.prediction, "widths": self.widths,
+                "blocks_per_level": self.blocks_per_level,
+                "attention_levels": self.attention_levels, "ema_decay": self.ema_decay,
+                "num_classes": self.num_classes, "class_dropout": self.class_dropout,
+                "seed": self.seed}
+
+    # -- training -----------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        """The online network's eps (or v) prediction.
+
+        Args:
+            inputs: `[x_t, t / T, labels?]` with `x_t` in model space [-1, 1], as the network
+                takes them; or images alone in [0, 1], read as `x_t` at t = 0 with no label
+                (what `fit()` passes when it builds the model under a distribution strategy).
+        """
+        if not isinstance(inputs, (list, tuple)):
+            x = ops.cast(inputs, "float32") * 2.0 - 1.0
+            batch = ops.shape(x)[0]
+            inputs = [x, ops.zeros((batch,))]
+            if self.num_classes is not None:
+                inputs.append(self._labels(None, batch, training=False))
+        return self.network(inputs, training=training)
+
+    def _labels(self, labels, batch, training):
+        null = ops.full((batch,), self.num_classes, dtype="int32")
+        if labels is None:
+            return null
+        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+        if training and self.class_dropout > 0:
+            dropped = keras.random.uniform((batch,), seed=self.seed_generator) < self.class_dropout
+            labels = ops.where(dropped, null, labels)
+        return labels
+
+    def compute_losses(self, images, labels=None, training=False):
+        """MSE between the network's prediction and its target at a random timestep.
+
+        Args:
+            images: float `(B, H, W, C)` in [0, 1].
+            labels: int `(B,)` or None (unconditional).
+
+        Returns:
+            `(loss,)`, a float32 scalar.
+        """
+        x0 = ops.cast(images, "float32") * 2.0 - 1.0
+        batch = ops.shape(x0)[0]
+        t = keras.random.randint((batch,), 0, self.timesteps, seed=self.seed_generator)
+        noise = keras.random.normal(ops.shape(x0), seed=self.seed_generator)
+        alpha_bar = ops.reshape(ops.take(ops.convert_to_tensor(self._alphas_cumprod), t),
+                                (-1, 1, 1, 1))
+        signal_rate, noise_rate = ops.sqrt(alpha_bar), ops.sqrt(1.0 - alpha_bar)
+        noisy = signal_rate * x0 + noise_rate * noise
+        target = noise if self.prediction == "epsilon" else \
+            velocity(x0, noise, signal_rate, noise_rate)
+        inputs = [noisy, ops.cast(t, "float32") / float(self.timesteps)]
+        if self.num_classes is not None:
+            inputs.append(self._labels(labels, batch, training))
+        prediction = ops.cast(self.network(inputs, training=training), "float32")
+        return (ops.mean(ops.square(prediction - target)),)
+
+    def after_train_step(self):
+        update_ema(self.ema_network.weights, self.network.weights, self.ema_decay)
+
+    # -- sampling -----------------------------------------------------------------------
+    def _step(self, x, row, times, labels, noise, guidance, prev_x0, guided, use_ema, clip):
+        """One sampler step (compiled): network call, guidance, conversion, update."""
+        network = self.ema_network if use_ema else self.network
+        signal_rate, noise_rate = row[0], row[1]
+        if labels is None:
+            output = network([x, times], training=False)
+        elif guided:  # one pass on [x, x] with [labels, no label]
+            null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
+            both = network([ops.concatenate([x, x], 0), ops.concatenate([times, times], 0),
+                            ops.concatenate([labels, null], 0)], training=False)
+            conditional, unconditional = ops.split(ops.cast(both, "float32"), 2, axis=0)
+            output = unconditional + guidance * (conditional - unconditional)
+        else:
+            output = network([x, times, labels], training=False)
+        output = ops.cast(output, "float32")
+        if self.prediction == "epsilon":
+            pred_x0 = x0_from_eps(x, output, signal_rate, noise_rate)
+        else:
+            pred_x0 = x0_from_velocity(x, output, signal_rate, noise_rate)
+        if clip:
+            pred_x0 = ops.clip(pred_x0, -1.0, 1.0)
+        # diffusers' default: the direction term keeps the unclipped noise estimate.
+        pred_eps = output if self.prediction == "epsilon" else \
+            eps_from_velocity(x, output, signal_rate, noise_rate)
+        return denoising_update(x, pred_x0, pred_eps, prev_x0, noise, row), pred_x0
+
+    def sample(self, n, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
+               guidance=None, spacing=None, batch_size=32, progress=True, use_ema=True,
+               clip_denoised=True):
+        """Runs a sampler from pure noise; returns float32 `(n, H, W, C)` in model space [-1, 1].
+
+        See `generate` for the arguments.
+        """
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"`n` must be a positive integer. Received: n={n!r}")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer. "
+                             f"Received: batch_size={batch_size!r}")
+        plan = self.schedule.plan(sampler, steps, eta, spacing)
+        labels, guidance = self._sampling_labels(n, label, guidance)
+        guided = labels is not None and guidance not in (0.0, 1.0)
+        if labels is not None and guidance == 0.0:
+            labels = np.full(n, self.num_classes, dtype=np.int32)  # w = 0: unconditional
+        if self._compiled_step is None:
+            # One traced graph per (shape, flags); the Python loop feeds it tensors only.
+            self._compiled_step = tf.function(self._step, reduce_retracing=True)
+        rows = ops.convert_to_tensor(plan.coefficients.astype("float32"))
+        fractions = (plan.timesteps / self.timesteps).astype("float32")
+        generator = keras.random.SeedGenerator(seed)
+        chunk = min(batch_size, n)
+        shape = (chunk, self.image_size, self.image_size, self.channels)
+        outputs = []
+        bar = tqdm(total=len(plan) * -(-n // chunk), desc=f"{sampler} sampling",
+                   disable=not progress, unit="step")
+        for start in range(0, n, chunk):
+            x = keras.random.normal(shape, seed=generator)
+            chunk_labels = None
+            if labels is not None:  # pad the last chunk to a fixed shape
+                chunk_labels = np.resize(labels[start:start + chunk], chunk)
+                chunk_labels = ops.convert_to_tensor(chunk_labels, dtype="int32")
+            prev_x0 = ops.zeros(shape) if sampler == "dpm++" else None
+            for k in range(len(plan)):
+                noise = keras.random.normal(shape, seed=generator) \
+                    if plan.coefficients[k, -1] > 0 else None
+                times = ops.full((chunk,), float(fractions[k]))
+                x, pred_x0 = self._compiled_step(
+                    x, rows[k], times, chunk_labels, noise, ops.convert_to_tensor(guidance),
+                    prev_x0, guided, use_ema, clip_denoised)
+                if prev_x0 is not None:
+                    prev_x0 = pred_x0
+                bar.update(1)
+            outputs.append(ops.convert_to_numpy(x)[: n - start])
+        bar.close()
+        return np.concatenate(outputs).astype("float32")
+
+    def _sampling_labels(self, n, label, guidance):
+        """`(labels int32 (n,) or None, guidance float)` with the documented defaults."""
+        if label is None:
+            if guidance not in (None, 0, 0.0):
+                raise ValueError(f"`guidance` needs a `label`. Received: guidance={guidance}, "
+                                 f"label=None")
+            if self.num_classes is None:
+                return None, 0.0
+            return np.full(n, self.num_classes, dtype=np.int32), 0.0
+        if self.num_classes is None:
+            raise ValueError(f"`label` needs a model built with `num_classes`. "
+                             f"Received: label={label!r}, num_classes=None")
+        guidance = 1.0 if guidance is None else float(guidance)
+        if guidance < 0:
+            raise ValueError(f"`guidance` must be >= 0. Received: guidance={guidance}")
+        return resolve_labels(label, n, self.num_classes), guidance
+
+    def generate(self, n, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
+                 guidance=None, spacing=None, batch_size=32, progress=True, use_ema=True,
+                 clip_denoised=True):
+        """Generates `n` images from pure noise.
+
+        Args:
+            n: number of images.
+            steps: network calls for "ddim" and "dpm++"; "ddpm" always makes all T calls.
+            sampler: "ddim", "ddpm" (ancestral, Ho et al.) or "dpm++" (DPM-Solver++ 2M).
+            eta: DDIM's eta in [0, 1] (0: deterministic).
+            seed: seed of the initial and per-step noise; the same seed gives the same images.
+            label: None (unconditional), a class index, a class name (case-insensitive;
+                "bengin" is accepted) or one label per image. Needs `num_classes`.
+            guidance: w in `eps = eps_uncond + w * (eps_cond - eps_uncond)`: 0 is
+                unconditional sampling (exactly), 1 plain conditional sampling (the default
+                when a label is given), > 1 classifier-free guidance (two network passes).
+            spacing: timestep spacing ("leading", "trailing", "linspace"); default "leading"
+                for DDIM and diffusers' DPM-Solver spacing for "dpm++".
+            batch_size: images per network call (the last batch is padded to this size).
+            progress: show a tqdm progress bar.
+            use_ema: sample with the EMA weights (default) or the online weights.
+            clip_denoised: clip each `pred_x0` to [-1, 1] (diffusers' `clip_sample`).
+
+        Returns:
+            float32 `(n, image_size, image_size, channels)` in [0, 1].
+        """
+        images = self.sample(n, steps, sampler, eta, seed, label, guidance, spacing,
+                             batch_size, progress, use_ema, clip_denoised)
+        return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype("float32")

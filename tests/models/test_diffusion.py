@@ -1,0 +1,412 @@
+"""Tests for lungkit.models.schedule (diffusion maths) and lungkit.models.diffusion (the model).
+
+Reference values come from closed forms computed here independently of the library code
+(the papers' formulas written out again), never from the code under test.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from lungkit.models.diffusion import (
+    COEFFICIENTS,
+    SCHEDULES,
+    DiffusionModel,
+    NoiseSchedule,
+    ddim_timesteps,
+    denoising_update,
+    eps_from_velocity,
+    resolve_labels,
+    velocity,
+    x0_from_eps,
+    x0_from_velocity,
+)
+
+T = 1000
+
+
+# ---------------------------------------------------------------------------- schedules
+@pytest.mark.parametrize("kind", sorted(SCHEDULES))
+def test_schedule_is_monotone_and_bounded(kind):
+    schedule = NoiseSchedule(kind, T)
+    for name in ("betas", "alphas", "alphas_cumprod"):
+        values = getattr(schedule, name)
+        assert values.dtype == np.float64 and values.shape == (T,)
+    assert np.all(np.diff(schedule.betas) >= 0)
+    assert np.all(np.diff(schedule.alphas_cumprod) < 0)
+    assert np.all((schedule.betas > 0) & (schedule.betas <= 0.999))
+    np.testing.assert_allclose(schedule.alphas, 1 - schedule.betas)
+    assert 0.999 < schedule.alphas_cumprod[0] < 1 and schedule.alphas_cumprod[-1] < 1e-4
+
+
+def test_linear_schedule_endpoints_and_final_alpha_bar():
+    schedule = NoiseSchedule("linear", T)
+    assert schedule.betas[0] == pytest.approx(1e-4) and schedule.betas[-1] == pytest.approx(0.02)
+    # alpha-bar_T = prod(1 - beta) = exp(sum log(1 - beta)) ~ 4.04e-5 for DDPM's schedule.
+    betas = [1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)]
+    expected = math.exp(sum(math.log1p(-b) for b in betas))
+    assert schedule.alphas_cumprod[-1] == pytest.approx(expected, rel=1e-9)
+    assert schedule.alphas_cumprod[-1] == pytest.approx(4.0358e-5, rel=1e-4)
+
+
+def test_cosine_schedule_matches_closed_form():
+    schedule = NoiseSchedule("cosine", T)
+
+    def f(t):  # Nichol & Dhariwal eq. (17), unnormalised
+        return math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)])
+    np.testing.assert_allclose(schedule.betas, betas, rtol=1e-12, atol=1e-15)
+    assert schedule.betas[-1] == 0.999  # f(T) ~ 0, so the last beta is capped
+    # Where no beta is capped the product telescopes: alpha-bar_t = f(t + 1) / f(0).
+    unclipped = int(np.argmax(betas >= 0.999))
+    assert unclipped == T - 1
+    closed = np.array([f(t + 1) / f(0) for t in range(unclipped)])
+    np.testing.assert_allclose(schedule.alphas_cumprod[:unclipped], closed, rtol=1e-5)
+
+
+def test_schedule_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="`kind` must be one of"):
+        NoiseSchedule("quadratic")
+    with pytest.raises(ValueError, match="`timesteps` must be an integer >= 2"):
+        NoiseSchedule("linear", 1)
+
+
+def test_add_noise_mean_and_variance():
+    schedule = NoiseSchedule("linear", T)
+    rng = np.random.default_rng(0)
+    x0 = np.full((4, 200, 200, 1), 0.7)
+    noise = rng.standard_normal(x0.shape)
+    t = np.array([0, 100, 500, 999])
+    x_t = schedule.add_noise(x0, noise, t)
+    abar = np.array([np.prod(1 - schedule.betas[: i + 1]) for i in t])
+    np.testing.assert_allclose(x_t.mean(axis=(1, 2, 3)), np.sqrt(abar) * 0.7, atol=0.01)
+    np.testing.assert_allclose(x_t.var(axis=(1, 2, 3)), 1 - abar, rtol=0.03, atol=2e-4)
+    tensor = schedule.add_noise(ops.convert_to_tensor(x0[:, :8, :8].astype("float32")),
+                                ops.convert_to_tensor(noise[:, :8, :8].astype("float32")), t)
+    np.testing.assert_allclose(ops.convert_to_numpy(tensor), x_t[:, :8, :8], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`t` must be in \[0, 999\]"):
+        schedule.add_noise(x0, noise, np.array([0, 1, 2, 1000]))
+
+
+def test_ddim_timesteps_leading_and_trailing():
+    np.testing.assert_array_equal(ddim_timesteps(T, 50, "leading"), np.arange(980, -1, -20))
+    np.testing.assert_array_equal(ddim_timesteps(T, 50, "trailing"), np.arange(999, 0, -20))
+    np.testing.assert_array_equal(ddim_timesteps(T, 7, "leading"),
+                                  [852, 710, 568, 426, 284, 142, 0])
+    trailing = ddim_timesteps(T, 7, "trailing")  # round(1000 - k * 1000/7) - 1
+    np.testing.assert_array_equal(trailing, [999, 856, 713, 570, 428, 285, 142])
+    # The known bug, prev = t - T // steps, disagrees with the list itself for "trailing".
+    assert trailing[0] - T // 7 != trailing[1]
+    np.testing.assert_array_equal(NoiseSchedule("linear", T).ddim_timesteps(7, "trailing"),
+                                  trailing)
+    with pytest.raises(ValueError, match="`spacing` must be one of"):
+        ddim_timesteps(T, 7, "uniform")
+    with pytest.raises(ValueError, match=r"`num_steps` must be an integer in \[1, 1000\]"):
+        ddim_timesteps(T, 0)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_ddim_step_with_exact_noise_follows_the_forward_process(kind):
+    schedule = NoiseSchedule(kind, T)
+    rng = np.random.default_rng(1)
+    x0 = rng.uniform(-1, 1, (2, 8, 8, 3))
+    noise = rng.standard_normal(x0.shape)
+    x_t = schedule.add_noise(x0, noise, np.array([700, 700]))
+    # One deterministic step to t_prev = -1 (alpha-bar = 1) returns x0 exactly...
+    np.testing.assert_allclose(schedule.ddim_step(x_t, noise, 700, -1), x0, atol=1e-6)
+    # ...and a step to any t_prev lands on the forward process at t_prev with the same noise.
+    np.testing.assert_allclose(schedule.ddim_step(x_t, noise, 700, 300),
+                               schedule.add_noise(x0, noise, np.array([300, 300])), atol=1e-9)
+    with pytest.raises(ValueError, match="`noise` is required when eta > 0"):
+        schedule.ddim_step(x_t, noise, 700, 300, eta=1.0)
+
+
+def test_ddim_eta_one_variance_is_the_ddpm_posterior_variance():
+    schedule = NoiseSchedule("linear", T)
+    ddim = schedule.plan("ddim", steps=T, eta=1.0)
+    ddpm = schedule.plan("ddpm")
+    np.testing.assert_array_equal(ddim.timesteps, ddpm.timesteps)
+    noise = COEFFICIENTS.index("noise")
+    np.testing.assert_allclose(ddim.coefficients[:-1, noise], ddpm.coefficients[:-1, noise],
+                               rtol=1e-9)
+
+
+def test_ddpm_step_is_ho_et_al_eq_11():
+    schedule = NoiseSchedule("cosine", T)
+    plan = schedule.plan("ddpm")
+    rng = np.random.default_rng(2)
+    x_t, eps = rng.standard_normal((2, 4, 4, 1))
+    for k in (0, 500, 998):
+        t, row = plan.timesteps[k], plan.coefficients[k]
+        x0 = x0_from_eps(x_t, eps, row[0], row[1])
+        mean = denoising_update(x_t, x0, eps, None, None, row)
+        beta, abar = schedule.betas[t], np.prod(1 - schedule.betas[: t + 1])
+        # mu = (x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t)
+        expected = (x_t - beta / np.sqrt(1 - abar) * eps) / np.sqrt(1 - beta)
+        np.testing.assert_allclose(mean, expected, rtol=1e-7, atol=1e-9)
+    assert plan.coefficients[-1, COEFFICIENTS.index("noise")] == 0  # no noise at t = 0
+
+
+def test_prediction_conversions_round_trip():
+    rng = np.random.default_rng(3)
+    x0, eps = rng.standard_normal((2, 5))
+    signal, noise = math.sqrt(0.3), math.sqrt(0.7)
+    x_t = signal * x0 + noise * eps
+    v = velocity(x0, eps, signal, noise)
+    np.testing.assert_allclose(x0_from_velocity(x_t, v, signal, noise), x0)
+    np.testing.assert_allclose(eps_from_velocity(x_t, v, signal, noise), eps)
+    np.testing.assert_allclose(x0_from_eps(x_t, eps, signal, noise), x0)
+
+
+# ---------------------------------------------------------------------------- DPM-Solver++
+def _log_snr(schedule, t):
+    abar = np.prod(1 - schedule.betas[: t + 1])
+    return math.log(math.sqrt(abar)) - math.log(math.sqrt(1 - abar)), abar
+
+
+def test_dpm_solver_2m_update_matches_lu_et_al_algorithm_2():
+    schedule = NoiseSchedule("cosine", T)
+    plan = schedule.plan("dpm++", steps=20)
+    np.testing.assert_array_equal(plan.timesteps, np.round(np.linspace(0, 999, 21))[::-1][:-1])
+    rng = np.random.default_rng(4)
+    x, x0_now, x0_before = rng.standard_normal((3, 6))
+    i = 6  # a second-order step: t_{i-1} = timesteps[i - 1], t_i = timesteps[i] -> t_{i+1}
+    (lam_prev, _), (lam_s, abar_s), (lam_t, abar_t) = (
+        _log_snr(schedule, plan.timesteps[j]) for j in (i - 1, i, i + 1))
+    h, r = lam_t - lam_s, (lam_s - lam_prev) / (lam_t - lam_s)
+    d = (1 + 1 / (2 * r)) * x0_now - 1 / (2 * r) * x0_before
+    expected = (math.sqrt(1 - abar_t) / math.sqrt(1 - abar_s) * x
+                - math.sqrt(abar_t) * (math.exp(-h) - 1) * d)
+    update = denoising_update(x, x0_now, 0.0, x0_before, None, plan.coefficients[i])
+    np.testing.assert_allclose(update, expected, rtol=1e-9)
+    # The first step is first order, i.e. exactly a DDIM step; the last returns pred_x0.
+    ddim_row = schedule._ddim_row(plan.timesteps[0], plan.timesteps[1], 0.0)
+    eps = (x - ddim_row[0] * x0_now) / ddim_row[1]
+    np.testing.assert_allclose(denoising_update(x, x0_now, 0.0, None, None, plan.coefficients[0]),
+                               denoising_update(x, x0_now, eps, None, None, ddim_row), rtol=1e-6)
+    np.testing.assert_allclose(denoising_update(x, x0_now, 0.0, x0_before, None,
+                                                plan.coefficients[-1]), x0_now)
+
+
+MU, STD = 0.2, 0.3  # per-pixel Gaussian "data" x0 ~ N(MU, STD^2)
+
+
+def _gaussian_eps(x_t, abar):
+    """The exact E[eps | x_t] for Gaussian data: sqrt(1-a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a)."""
+    return np.sqrt(1 - abar) * (x_t - np.sqrt(abar) * MU) / (abar * STD**2 + 1 - abar)
+
+
+def _run_plan(schedule, plan, x, stop=None):
+    prev = None
+    for k, t in enumerate(plan.timesteps[:stop]):
+        row = plan.coefficients[k]
+        eps = _gaussian_eps(x, schedule.alphas_cumprod[t])
+        pred_x0 = x0_from_eps(x, eps, row[0], row[1])
+        x, prev = denoising_update(x, pred_x0, eps, prev, None, row), pred_x0
+    return x
+
+
+def test_dpm_solver_samples_gaussian_data_better_than_ddim_50():
+    schedule = NoiseSchedule("cosine", T)
+    x_T = np.random.default_rng(5).standard_normal(100_000)
+    dpm = schedule.plan("dpm++", steps=20)
+    ddim = schedule.plan("ddim", steps=50, spacing="linspace")
+    # Before its final jump to t = -1 the 2M solver tracks the exact marginal N(a mu, a s^2 + 1 - a).
+    abar = schedule.alphas_cumprod[dpm.timesteps[-1]]
+    before = _run_plan(schedule, dpm, x_T, stop=-1)
+    assert before.mean() == pytest.approx(np.sqrt(abar) * MU, abs=0.005)
+    assert before.std() == pytest.approx(np.sqrt(abar * STD**2 + 1 - abar), rel=0.02)
+    samples = _run_plan(schedule, dpm, x_T)
+    assert samples.mean() == pytest.approx(MU, abs=0.005)
+    assert samples.std() == pytest.approx(STD, rel=0.05)
+    ddim_samples = _run_plan(schedule, ddim, x_T)
+    assert abs(samples.std() - STD) < abs(ddim_samples.std() - STD)
+
+
+class GaussianEps(keras.layers.Layer):
+    """A stand-in network: the exact noise predictor for Gaussian data (times = t / T)."""
+
+    def __init__(self, alphas_cumprod, **kwargs):
+        super().__init__(**kwargs)
+        self.alphas_cumprod = np.asarray(alphas_cumprod, "float32")
+
+    def call(self, inputs, training=False):
+        x, times = inputs[0], inputs[1]
+        t = ops.cast(ops.round(times * len(self.alphas_cumprod)), "int32")
+        abar = ops.reshape(ops.take(ops.convert_to_tensor(self.alphas_cumprod), t), (-1, 1, 1, 1))
+        return ops.sqrt(1 - abar) * (x - ops.sqrt(abar) * MU) / (abar * STD**2 + 1 - abar)
+
+
+def test_model_dpm_solver_with_exact_denoiser_recovers_gaussian_data():
+    model = DiffusionModel(image_size=8, channels=1, widths=(8,), blocks_per_level=1)
+    model.ema_network = GaussianEps(model.schedule.alphas_cumprod)
+    images = model.generate(256, steps=20, sampler="dpm++", seed=0, batch_size=256,
+                            progress=False, clip_denoised=False)
+    pixels = images * 2 - 1  # back to model space
+    assert pixels.mean() == pytest.approx(MU, abs=0.01)
+    assert pixels.std() == pytest.approx(STD, rel=0.06)
+
+
+# ---------------------------------------------------------------------------- the model
+def tiny_model(**kwargs):
+    args = dict(image_size=16, channels=1, timesteps=20, widths=(8, 16), blocks_per_level=1,
+                seed=0)
+    model = DiffusionModel(**{**args, **kwargs})
+    # The U-Net's head starts at zero; random head weights make the sampler outputs depend
+    # on the inputs, time and label.
+    for network in (model.network, model.ema_network):
+        head = network.get_layer("head")
+        head.set_weights([w + 0.05 * np.random.default_rng(0).standard_normal(w.shape)
+                          for w in head.get_weights()])
+    return model
+
+
+def test_config_round_trip_and_validation():
+    model = DiffusionModel(image_size=16, channels=3, timesteps=50, schedule="linear",
+                           prediction="v", widths=(8, 16), blocks_per_level=1,
+                           attention_levels=(1,), ema_decay=0.99, num_classes=3,
+                           class_dropout=0.2, seed=7)
+    config = model.get_config()
+    clone = DiffusionModel.from_config(config)
+    assert clone.get_config() == config
+    assert config["prediction"] == "v" and config["num_classes"] == 3
+    with pytest.raises(ValueError, match="`prediction` must be one of"):
+        DiffusionModel(prediction="x0")
+    with pytest.raises(ValueError, match=r"`ema_decay` must be in \[0, 1\)"):
+        DiffusionModel(ema_decay=1.0)
+    with pytest.raises(ValueError, match="`kind` must be one of"):
+        DiffusionModel(schedule="sigmoid")
+
+
+def test_tiny_model_loss_falls(tiny_ct_batch):
+    model = DiffusionModel(image_size=32, channels=3, timesteps=100, widths=(8, 16),
+                           blocks_per_level=1, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(5e-3))
+    images = np.repeat(tiny_ct_batch, 2, axis=0)
+    losses = model.fit(images, batch_size=8, epochs=25, verbose=0).history["loss"]
+    # The untrained network outputs zeros, so its loss is E[eps^2] = 1.
+    assert losses[0] == pytest.approx(1.0, abs=0.25)
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < 0.6 * losses[0]
+
+
+def test_ema_update_rule_and_save_load_keeps_both_weights(tmp_path, tiny_ct_batch):
+    model = tiny_model(image_size=32, channels=3, ema_decay=0.5, prediction="v")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    for online, ema in zip(model.network.weights, model.ema_network.weights, strict=True):
+        np.testing.assert_array_equal(online.numpy(), ema.numpy())  # initialised equal
+    before = [w.numpy() for w in model.ema_network.weights]
+    model.fit(tiny_ct_batch, batch_size=4, epochs=1, verbose=0)  # one optimizer step
+    online = [w.numpy() for w in model.network.weights]
+    for old, new, w in zip(before, model.ema_network.weights, online, strict=True):
+        np.testing.assert_allclose(new.numpy(), 0.5 * old + 0.5 * w, rtol=1e-5, atol=1e-7)
+    model.fit(tiny_ct_batch, epochs=2, verbose=0)
+    assert not all(np.array_equal(a.numpy(), b.numpy())
+                   for a, b in zip(model.network.weights, model.ema_network.weights, strict=True))
+    ema_images = model.generate(2, steps=3, seed=1, progress=False)
+    online_images = model.generate(2, steps=3, seed=1, progress=False, use_ema=False)
+    assert not np.allclose(ema_images, online_images)
+    model.save(tmp_path / "diffusion.keras")
+    reloaded = keras.saving.load_model(tmp_path / "diffusion.keras")
+    for name in ("network", "ema_network"):
+        for a, b in zip(getattr(model, name).weights, getattr(reloaded, name).weights,
+                        strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(reloaded.generate(2, steps=3, seed=1, progress=False),
+                                  ema_images)
+
+
+def _count_steps(model):
+    """Wraps the compiled step so each call (one network evaluation) is recorded."""
+    import tensorflow as tf
+
+    compiled = tf.function(model._step, reduce_retracing=True)
+    calls = []
+
+    def counting(x, row, times, *args):
+        calls.append(float(ops.convert_to_numpy(times)[0]))
+        return compiled(x, row, times, *args)
+
+    model._compiled_step = counting
+    return calls
+
+
+def test_ddpm_uses_every_step_and_ddim_the_requested_count():
+    model = tiny_model()
+    calls = _count_steps(model)
+    model.generate(2, sampler="ddpm", steps=5, seed=0, progress=False)
+    np.testing.assert_allclose(calls, np.arange(19, -1, -1) / 20)
+    calls.clear()
+    model.generate(2, sampler="ddim", steps=5, seed=0, progress=False, spacing="trailing")
+    np.testing.assert_allclose(calls, np.array([19, 15, 11, 7, 3]) / 20)
+    calls.clear()
+    model.generate(3, sampler="dpm++", steps=4, seed=0, batch_size=2, progress=False)
+    assert len(calls) == 2 * 4  # two batches of four steps
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++"])
+def test_generate_shapes_and_range(sampler, channels):
+    model = tiny_model(channels=channels)
+    images = model.generate(3, steps=4, sampler=sampler, seed=0, batch_size=2, progress=False)
+    assert images.shape == (3, 16, 16, channels) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1 and images.std() > 0
+
+
+def test_sampling_is_deterministic_for_a_seed():
+    model = tiny_model()
+    first = model.generate(2, steps=5, seed=3, progress=False)
+    np.testing.assert_array_equal(first, model.generate(2, steps=5, seed=3, progress=False))
+    assert not np.allclose(first, model.generate(2, steps=5, seed=4, progress=False))
+    stochastic = model.generate(2, steps=5, seed=3, eta=1.0, progress=False)
+    np.testing.assert_array_equal(stochastic,
+                                  model.generate(2, steps=5, seed=3, eta=1.0, progress=False))
+    assert not np.allclose(first, stochastic)
+
+
+def test_guidance_and_conditioning():
+    model = tiny_model(num_classes=3)
+    assert model(np.zeros((2, 16, 16, 1), "float32")).shape == (2, 16, 16, 1)  # fit's build
+    unconditional = model.generate(2, steps=3, seed=0, progress=False)
+    np.testing.assert_array_equal(
+        model.generate(2, steps=3, seed=0, label="malignant", guidance=0.0, progress=False),
+        unconditional)
+    normal = model.generate(2, steps=3, seed=0, label=0, progress=False)
+    malignant = model.generate(2, steps=3, seed=0, label="Malignant", progress=False)
+    assert not np.allclose(normal, unconditional) and not np.allclose(normal, malignant)
+    guided = model.generate(2, steps=3, seed=0, label=2, guidance=3.0, progress=False)
+    assert not np.allclose(guided, malignant)
+    with pytest.raises(ValueError, match="`guidance` needs a `label`"):
+        model.generate(2, steps=3, guidance=2.0, progress=False)
+    with pytest.raises(ValueError, match="`label` needs a model built with `num_classes`"):
+        tiny_model().generate(2, steps=3, label=1, progress=False)
+
+
+def test_guided_step_combines_conditional_and_unconditional_outputs():
+    model = tiny_model(num_classes=3)
+    x = keras.random.normal((2, 16, 16, 1), seed=0)
+    row = ops.convert_to_tensor(model.schedule.plan("ddim", 3).coefficients[0].astype("float32"))
+    times = ops.full((2,), 0.5)
+    labels = ops.convert_to_tensor([2, 2], dtype="int32")
+    null = ops.convert_to_tensor([3, 3], dtype="int32")
+
+    def x0(labels, guidance, guided):
+        return ops.convert_to_numpy(model._step(x, row, times, labels, None, guidance, None,
+                                                guided, True, False)[1])
+
+    conditional, unconditional = x0(labels, 1.0, False), x0(null, 0.0, False)
+    np.testing.assert_allclose(x0(labels, 3.0, True),
+                               unconditional + 3.0 * (conditional - unconditional),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_resolve_labels():
+    np.testing.assert_array_equal(resolve_labels("BENGIN", 2, 3), [1, 1])
+    np.testing.assert_array_equal(resolve_labels(["normal", "Benign", 2], 3, 3), [0, 1, 2])
+    with pytest.raises(ValueError, match="one of"):
+        resolve_labels("cancer", 1, 3)
+    with pytest.raises(ValueError, match=r"integer in \[0, 2\]"):
+        resolve_labels(3, 1, 3)
