@@ -142,7 +142,7 @@ def _paint_body_wall(canvas, rng, cx, cy, half_width, front, back, fat):
         muscle += np.float32(AIR_HU)
         canvas.hu[strip] = muscle
     for bx, by, a, b in breasts:  # glandular tissue behind the nipple
-        canvas.fill(bx, by + 0.1 * b, 0.5 * a, 0.35 * b, FAT_HU + 70, cuts_lung=False)
+        canvas.fill(bx, by + 0.1 * b, 0.5 * a, 0.35 * b, FAT_HU + 50, cuts_lung=False)
 
 
 def _paint_table(canvas, rng, top_y):

@@ -72,7 +72,11 @@ class Canvas:
 
     def box(self, cx, cy, radius):
         """Pixel window `(rows, cols)` covering a disc (mm), or None when off the image."""
-        return self.box_rect(cx - radius, cx + radius, cy - radius, cy + radius)
+        col, row = self.to_pixel(float(cx), float(cy))
+        reach = radius / self.px_mm + 1
+        r0, r1 = max(0, int(row - reach)), min(self.size, int(row + reach) + 2)
+        c0, c1 = max(0, int(col - reach)), min(self.size, int(col + reach) + 2)
+        return None if r0 >= r1 or c0 >= c1 else (slice(r0, r1), slice(c0, c1))
 
     def box_rect(self, left, right, top, bottom):
         """Pixel window covering the anatomical rectangle `[left, right] x [top, bottom]` (mm)."""
@@ -205,11 +209,14 @@ class Canvas:
 def tube_stamps(canvas, x0, y0, x1, y1, r0, r1):
     """Stamp centres and radii along straight tubes from `(x0, y0)` to `(x1, y1)` (mm arrays).
 
-    The radius tapers linearly from `r0` to `r1`. Returns `(xs, ys, radii)` float arrays.
+    The radius tapers linearly from `r0` to `r1`. Stamps are `STAMP_STEP_PX` pixels apart
+    along tubes under two pixels wide (as `Canvas.coverage` assumes), sparser along wider
+    ones. Returns `(xs, ys, radii)` float arrays.
     """
     x0, y0, x1, y1, r0, r1 = (np.asarray(v, dtype=np.float64) for v in (x0, y0, x1, y1, r0, r1))
-    step = STAMP_STEP_PX * canvas.px_mm
-    counts = np.ceil(np.hypot(x1 - x0, y1 - y0) / step).astype(np.intp) + 1
+    # wide tubes need fewer stamps: discs a quarter of their radius apart still overlap
+    step_px = np.clip(0.25 * np.minimum(r0, r1) / canvas.px_mm, STAMP_STEP_PX, 4.0)
+    counts = np.ceil(np.hypot(x1 - x0, y1 - y0) / (step_px * canvas.px_mm)).astype(np.intp) + 1
     segment = np.repeat(np.arange(counts.size), counts)
     first = np.repeat(np.cumsum(counts) - counts, counts)
     t = (np.arange(segment.size) - first) / np.maximum(counts[segment] - 1, 1)
