@@ -197,6 +197,26 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_vae_resume_restores_its_sampling_noise(tmp_path, tiny_ct_batch):
+    vae_module = pytest.importorskip("lungkit.models.vae")
+
+    def vae():
+        keras.utils.set_random_seed(0)
+        model = vae_module.VAE(image_size=32, channels=3, latent_dim=4, widths=(8,),
+                               dense_units=0, seed=1)
+        model.compile(keras.optimizers.Adam(1e-3))
+        return model
+
+    data = tf.data.Dataset.from_tensor_slices(tiny_ct_batch).batch(2)
+    expected = training.fit(vae(), data, 3, tmp_path / "ref", verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(vae(), data, 3, tmp_path / "run", callbacks=[_Interrupt()], verbose=0)
+    history = training.fit(vae(), data, 3, tmp_path / "run", verbose=0)
+    assert history["epoch"] == [0, 1, 2]
+    for key in ("loss", "reconstruction_loss", "kl_loss"):
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-5)
+
+
 def test_resume_drops_history_rows_that_will_be_redone(tmp_path):
     # A kill after the CSV row of epoch 2 but before its backup: epoch 2 is trained again.
     (tmp_path / "backup").mkdir(parents=True)
