@@ -153,6 +153,10 @@ class DiffusionModel(GenerativeModel):
         self.ema_network.set_weights(self.network.get_weights())
         self.ema_network.trainable = False  # updated by after_train_step, not the optimizer
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # Its own stream for sampling, so generate() does not shift the training noise; the
+        # compiled step draws its noise from it, and generate(seed=s) resets it to s.
+        self.sampling_seeds = keras.random.SeedGenerator(
+            None if seed is None else seed + 1, name="sampling_seeds")
         self._alphas_cumprod = self.schedule.alphas_cumprod.astype("float32")
         self._compiled_step = None
         self.built = True
@@ -223,8 +227,16 @@ class DiffusionModel(GenerativeModel):
         update_ema(self.ema_network.weights, self.network.weights, self.ema_decay)
 
     # -- sampling -----------------------------------------------------------------------
-    def _step(self, x, row, times, labels, noise, guidance, prev_x0, guided, use_ema, clip):
-        """One sampler step (compiled): network call, guidance, conversion, update."""
+    def _step(self, x, row, times, labels, guidance, prev_x0, guided, stochastic, use_ema,
+              clip):
+        """One sampler step (compiled): network call, guidance, conversion, update.
+
+        Tensors: `x` `(B, H, W, C)`, `row` a plan row `(len(COEFFICIENTS),)`, `times` `(B,)`
+        in [0, 1), `labels` int32 `(B,)` or None, `guidance` a scalar, `prev_x0` like `x` or
+        None. Python flags (one trace each): `guided` (two-pass guidance), `stochastic` (draw
+        fresh noise from `sampling_seeds`), `use_ema`, `clip` (clip `pred_x0` to [-1, 1]).
+        Returns `(x_next, pred_x0)`.
+        """
         network = self.ema_network if use_ema else self.network
         signal_rate, noise_rate = row[0], row[1]
         if labels is None:
@@ -247,6 +259,8 @@ class DiffusionModel(GenerativeModel):
         # diffusers' default: the direction term keeps the unclipped noise estimate.
         pred_eps = output if self.prediction == "epsilon" else \
             eps_from_velocity(x, output, signal_rate, noise_rate)
+        noise = keras.random.normal(ops.shape(x), seed=self.sampling_seeds) if stochastic \
+            else None
         return denoising_update(x, pred_x0, pred_eps, prev_x0, noise, row), pred_x0
 
     def sample(self, n, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
@@ -269,28 +283,30 @@ class DiffusionModel(GenerativeModel):
         if self._compiled_step is None:
             # One traced graph per (shape, flags); the Python loop feeds it tensors only.
             self._compiled_step = tf.function(self._step, reduce_retracing=True)
-        rows = ops.convert_to_tensor(plan.coefficients.astype("float32"))
-        fractions = (plan.timesteps / self.timesteps).astype("float32")
-        generator = keras.random.SeedGenerator(seed)
+        if seed is not None:
+            state = self.sampling_seeds.state
+            state.assign(ops.convert_to_tensor([int(seed), 0], dtype=state.dtype))
         chunk = min(batch_size, n)
+        # Every per-step input is a tensor made once here: the loop only calls the graph.
+        rows = [ops.convert_to_tensor(row, dtype="float32") for row in plan.coefficients]
+        times = [ops.full((chunk,), t / self.timesteps, dtype="float32") for t in plan.timesteps]
+        guidance = ops.convert_to_tensor(guidance, dtype="float32")
+        stochastic = plan.coefficients[:, COEFFICIENTS.index("noise")] > 0
         shape = (chunk, self.image_size, self.image_size, self.channels)
         outputs = []
         bar = tqdm(total=len(plan) * -(-n // chunk), desc=f"{sampler} sampling",
                    disable=not progress, unit="step")
         for start in range(0, n, chunk):
-            x = keras.random.normal(shape, seed=generator)
+            x = keras.random.normal(shape, seed=self.sampling_seeds)
             chunk_labels = None
             if labels is not None:  # pad the last chunk to a fixed shape
                 chunk_labels = np.resize(labels[start:start + chunk], chunk)
                 chunk_labels = ops.convert_to_tensor(chunk_labels, dtype="int32")
             prev_x0 = ops.zeros(shape) if sampler == "dpm++" else None
             for k in range(len(plan)):
-                noise = keras.random.normal(shape, seed=generator) \
-                    if plan.coefficients[k, -1] > 0 else None
-                times = ops.full((chunk,), float(fractions[k]))
-                x, pred_x0 = self._compiled_step(
-                    x, rows[k], times, chunk_labels, noise, ops.convert_to_tensor(guidance),
-                    prev_x0, guided, use_ema, clip_denoised)
+                x, pred_x0 = self._compiled_step(x, rows[k], times[k], chunk_labels, guidance,
+                                                 prev_x0, guided, bool(stochastic[k]), use_ema,
+                                                 clip_denoised)
                 if prev_x0 is not None:
                     prev_x0 = pred_x0
                 bar.update(1)

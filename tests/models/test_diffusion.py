@@ -359,7 +359,10 @@ def test_generate_shapes_and_range(sampler, channels):
 def test_sampling_is_deterministic_for_a_seed():
     model = tiny_model()
     first = model.generate(2, steps=5, seed=3, progress=False)
+    traces = model._compiled_step.experimental_get_tracing_count()
     np.testing.assert_array_equal(first, model.generate(2, steps=5, seed=3, progress=False))
+    model.generate(2, steps=7, seed=9, spacing="trailing", progress=False)
+    assert model._compiled_step.experimental_get_tracing_count() == traces  # no retracing
     assert not np.allclose(first, model.generate(2, steps=5, seed=4, progress=False))
     stochastic = model.generate(2, steps=5, seed=3, eta=1.0, progress=False)
     np.testing.assert_array_equal(stochastic,
@@ -394,8 +397,8 @@ def test_guided_step_combines_conditional_and_unconditional_outputs():
     null = ops.convert_to_tensor([3, 3], dtype="int32")
 
     def x0(labels, guidance, guided):
-        return ops.convert_to_numpy(model._step(x, row, times, labels, None, guidance, None,
-                                                guided, True, False)[1])
+        return ops.convert_to_numpy(model._step(x, row, times, labels, guidance, None, guided,
+                                                False, True, False)[1])
 
     conditional, unconditional = x0(labels, 1.0, False), x0(null, 0.0, False)
     np.testing.assert_allclose(x0(labels, 3.0, True),
