@@ -189,9 +189,13 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
 class ResumableCheckpoint(keras.callbacks.ModelCheckpoint):
     """`ModelCheckpoint` whose best value survives a restart (read back from the history)."""
 
-    def __init__(self, filepath, history_path, **kwargs):
+    def __init__(self, filepath, history_path, save_every=1, **kwargs):
         super().__init__(filepath, **kwargs)
-        self.history_path = history_path
+        self.history_path, self.save_every = history_path, save_every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _due(self, epoch):
+            super().on_epoch_end(epoch, logs)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -199,6 +203,11 @@ class ResumableCheckpoint(keras.callbacks.ModelCheckpoint):
                   if math.isfinite(v)]
         if self.save_best_only and values:
             self.best = max(values) if self.mode == "max" else min(values)
+
+
+def _due(callback, epoch):
+    """True when a callback with `save_every` saves at the end of `epoch` (and at the last)."""
+    return (epoch + 1) % callback.save_every == 0 or epoch + 1 >= callback.params.get("epochs", 0)
 
 
 def _seed_generators(model):
@@ -233,7 +242,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 if f"state_{i}" in states:
                     generator.state.assign(states[f"state_{i}"])
 
+    def __init__(self, backup_dir, save_every=1, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.save_every = save_every
+
     def on_epoch_end(self, epoch, logs=None):
+        if not _due(self, epoch):
+            return
         super().on_epoch_end(epoch, logs)
         if self.save_freq == "epoch":
             states = {f"state_{i}": keras.ops.convert_to_numpy(g.state)
@@ -242,7 +257,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 def default_callbacks(out_dir, name="model", monitor="loss", mode="min", batch_size=None,
-                      images_per_epoch=None, tensorboard=True, initial_epoch=0):
+                      images_per_epoch=None, tensorboard=True, initial_epoch=0, save_every=1):
     """The callbacks of a resumable lungkit run, in the order explained in the module doc.
 
     Args:
@@ -255,10 +270,16 @@ def default_callbacks(out_dir, name="model", monitor="loss", mode="min", batch_s
         tensorboard: also write TensorBoard logs to `out_dir/logs` (epoch scalars only),
             when the `tensorboard` package is installed (Colab has it).
         initial_epoch: the `initial_epoch` given to `fit`, where a fresh history starts.
+        save_every: write checkpoints and the backup every this many epochs (and after the
+            last): each save of a 128 px VAE costs about 0.3 s, which matters for short
+            epochs; a crash then repeats up to `save_every - 1` epochs.
 
     Returns:
         list of callbacks for `model.fit(callbacks=...)`; add your own after them.
     """
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
+        raise ValueError(f"`save_every` must be an integer >= 1. Received: "
+                         f"save_every={save_every!r}")
     if mode not in ("min", "max"):
         raise ValueError(f"`mode` must be 'min' or 'max'. Received: mode={mode!r}")
     out_dir = Path(out_dir)
@@ -268,14 +289,14 @@ def default_callbacks(out_dir, name="model", monitor="loss", mode="min", batch_s
         TimingCallback(batch_size=batch_size, images_per_epoch=images_per_epoch),
         FriendlyTerminateOnNaN(),
         ResumableCSVLogger(history_path, backup_dir, initial_epoch=initial_epoch),
-        ResumableCheckpoint(out_dir / f"{name}.keras", history_path, verbose=0),
-        ResumableCheckpoint(out_dir / f"{name}.best.keras", history_path, monitor=monitor,
-                            mode=mode, save_best_only=True, verbose=0),
+        ResumableCheckpoint(out_dir / f"{name}.keras", history_path, save_every, verbose=0),
+        ResumableCheckpoint(out_dir / f"{name}.best.keras", history_path, save_every,
+                            monitor=monitor, mode=mode, save_best_only=True, verbose=0),
     ]
     if tensorboard and importlib.util.find_spec("tensorboard") is None:
         logger.info("TensorBoard logs skipped: the `tensorboard` package is not installed")
     elif tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(out_dir / "logs", write_graph=False,
                                                      update_freq="epoch", profile_batch=0))
-    callbacks.append(ResumableBackup(backup_dir, double_checkpoint=True))
+    callbacks.append(ResumableBackup(backup_dir, save_every, double_checkpoint=True))
     return callbacks

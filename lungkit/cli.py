@@ -178,7 +178,7 @@ def _train(args):
         lambda: cls(**kwargs), dataset, epochs=args.epochs, out_dir=out,
         strategy=args.strategy, precision=args.precision, jit=args.jit,
         learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
-        images_per_epoch=count)
+        images_per_epoch=count, save_every=args.save_every)
     model.save(out / f"{args.model}.keras")
     viz.plot_history(dict(history), keys=list(model.loss_names),
                      path=out / "curves.png", title=f"lungkit train {args.model}")
@@ -239,6 +239,8 @@ def add_train_commands(subparsers):
     train.add_argument("--precision", default="float32",
                        help="float32|mixed_float16 (GPU)|mixed_bfloat16 (TPU, recent CPUs)")
     train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    train.add_argument("--save-every", type=int, default=1,
+                       help="checkpoint and back up every N epochs (1); a crash repeats < N")
     train.add_argument("--stream", action="store_true",
                        help="decode files with tf.data each epoch instead of loading to memory")
     train.add_argument("--cache", default=None,

@@ -179,7 +179,7 @@ def _history(out_dir):
 
 def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callbacks=(),
         strategy=None, steps_per_epoch=None, verbose="auto", initial_epoch=0,
-        images_per_epoch=None, tensorboard=True):
+        images_per_epoch=None, tensorboard=True, save_every=1):
     """Trains a compiled model with lungkit's resumable callbacks.
 
     Args:
@@ -196,6 +196,7 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
         images_per_epoch: exact image count per epoch for the timing (default: batches x
             batch size).
         tensorboard: also write TensorBoard logs.
+        save_every: checkpoint and back up every this many epochs (see `default_callbacks`).
 
     Returns:
         `TrainingHistory` with one entry per epoch 0..epochs-1, including `epoch_seconds`
@@ -211,7 +212,7 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
         out_dir, name=name, monitor="val_loss" if validation_data is not None else "loss",
         batch_size=None if images_per_epoch else batch_size_of(dataset),
         images_per_epoch=images_per_epoch,
-        tensorboard=tensorboard, initial_epoch=initial_epoch)
+        tensorboard=tensorboard, initial_epoch=initial_epoch, save_every=save_every)
     if not model.built and hasattr(model, "compute_losses"):  # BackupAndRestore needs it
         _ensure_built(model, model.distribute_strategy, dataset)
     model._initial_epoch = None  # an earlier restore must not leak into this run

@@ -175,20 +175,27 @@ def test_checkpoints_history_and_backup_cleanup(tmp_path):
 
 
 class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at=2):
+        super().__init__()
+        self.at = at
+
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 2:
+        if epoch == self.at:
             raise KeyboardInterrupt("simulated crash")
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("save_every, crash_at", [(1, 2), (2, 3)])
+def test_resume_after_interruption_matches_uninterrupted_run(save_every, crash_at, tmp_path):
     reference = build(noise_std=0.3)
     expected = training.fit(reference, tiny_dataset(), 4, tmp_path / "ref", verbose=0)
     with pytest.raises(KeyboardInterrupt):
         training.fit(build(noise_std=0.3), tiny_dataset(), 4, tmp_path / "run",
-                     callbacks=[_Interrupt()], verbose=0)
-    assert len(read_history(tmp_path / "run" / "history.csv")["epoch"]) == 2
+                     callbacks=[_Interrupt(crash_at)], verbose=0, save_every=save_every)
+    assert len(read_history(tmp_path / "run" / "history.csv")["epoch"]) == crash_at
     resumed = build(noise_std=0.3)  # a fresh process would start from fresh weights
-    history = training.fit(resumed, tiny_dataset(), 4, tmp_path / "run", verbose=0)
+    history = training.fit(resumed, tiny_dataset(), 4, tmp_path / "run", verbose=0,
+                           save_every=save_every)
+    # with save_every=2 the backup is from epoch 2: epoch 2 is trained again, its row replaced
     assert history["epoch"] == [0, 1, 2, 3]
     np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-5)
     # weights, optimizer and the noise generator's state all came back
