@@ -32,6 +32,9 @@ def test_shapes(image_size, channels):
     recon = model.reconstruct(images)
     assert recon.shape == images.shape and recon.dtype == np.float32
     assert model(images).shape == images.shape
+    as_uint8 = np.round(images * 255).astype(np.uint8)
+    np.testing.assert_allclose(model.encode(as_uint8)[0], model.encode(as_uint8 / 255.0)[0],
+                               rtol=1e-5, atol=1e-6)
     losses = _losses(model, images)
     assert len(losses) == 3 and all(np.isfinite(losses))
 
