@@ -151,6 +151,14 @@ def show_grid(images, ncols=None, title=None, labels=None, pad=2):
     return fig
 
 
+def _to_float(cell):
+    """A CSV cell as float; empty, "NA" (Keras CSVLogger) or text cells become NaN."""
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _read_history(history):
     """`{name: list of floats}` and epochs (1-based) from a dict, a Keras History or a CSV."""
     if hasattr(history, "history"):
@@ -163,8 +171,7 @@ def _read_history(history):
             rows = list(csv.DictReader(handle))
         if not rows:
             raise ValueError(f"The training log {str(path)!r} has no rows")
-        columns = {name: [float(row[name]) if row[name] not in ("", None) else math.nan
-                          for row in rows] for name in rows[0]}
+        columns = {name: [_to_float(row[name]) for row in rows] for name in rows[0]}
         # CSVLogger writes 0-based epochs; Keras prints them 1-based.
         epochs = [int(e) + 1 for e in columns.pop("epoch")] if "epoch" in columns else None
     elif isinstance(history, dict):
@@ -255,6 +262,49 @@ def comparison_figure(rows, path=None, ncols=8, title=None):
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
     if title:
         fig.suptitle(title)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        logger.info("Wrote %s", path)
+    return fig
+
+
+def bar_chart(labels, values, path=None, xlabel=None, title=None, log=False):
+    """A horizontal bar chart, one bar per label, its value printed at the bar's end.
+
+    Args:
+        labels: bar names (model or sampler names).
+        values: one number per label; NaN or None bars are left out.
+        path: if given, the figure is saved there (PNG by suffix).
+        xlabel: axis label, with units.
+        title: figure title.
+        log: logarithmic value axis (for speeds that span orders of magnitude).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    from matplotlib.figure import Figure
+
+    if len(labels) != len(values):
+        raise ValueError(f"`labels` and `values` must have the same length. Received: "
+                         f"{len(labels)} labels and {len(values)} values")
+    pairs = [(str(k), float(v)) for k, v in zip(labels, values, strict=True)
+             if v is not None and math.isfinite(float(v)) and (float(v) > 0 or not log)]
+    fig = Figure(figsize=(7, 0.45 * max(len(pairs), 1) + 1.2), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    names = [k for k, _ in pairs][::-1]
+    numbers = [v for _, v in pairs][::-1]
+    bars = ax.barh(names, numbers, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{v:.3g}" for v in numbers], padding=3, fontsize=8)
+    if log:
+        ax.set_xscale("log")
+    ax.margins(x=0.15)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,23 @@ def test_comparison_figure_one_row_per_model(tmp_path):
 def test_show_grid_returns_a_figure():
     fig = viz.show_grid(np.zeros((2, 8, 8, 3), "float32"), title="t")
     assert fig.axes
+
+
+def test_bar_chart_writes_png_and_skips_missing_values(tmp_path):
+    from lungkit import viz
+
+    fig = viz.bar_chart(["VAE", "DDIM-50", "broken"], [900.0, 3.5, float("nan")],
+                        tmp_path / "speed.png", xlabel="images/s", log=True)
+    assert (tmp_path / "speed.png").stat().st_size > 0
+    assert len(fig.axes[0].patches) == 2
+    with pytest.raises(ValueError, match="same length"):
+        viz.bar_chart(["a"], [1.0, 2.0])
+
+
+def test_plot_history_reads_na_cells(tmp_path):
+    from lungkit import viz
+
+    log = tmp_path / "history.csv"
+    log.write_text("epoch,loss,val_loss\n0,1.0,NA\n1,0.5,NA\n")
+    fig = viz.plot_history(log, path=tmp_path / "c.png")
+    assert (tmp_path / "c.png").exists() and len(fig.axes) == 1

@@ -1,0 +1,1 @@
+"""lungkit benchmarks: speed and memory measurements, run with `make bench`."""

@@ -1,0 +1,98 @@
+"""The comparison experiment end to end on a tiny config, and its pieces."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lungkit import experiment
+
+TINY = dict(
+    image_size=32, channels=1, phantom_per_class=6, n_generate=8, features="domain",
+    **{"vae.epochs": 2, "vae.batch_size": 8, "vae.latent_dim": 8, "vae.widths": (8, 16),
+       "denoiser.epochs": 2, "denoiser.batch_size": 8, "denoiser.widths": (8, 16),
+       "diffusion.epochs": 2, "diffusion.batch_size": 8, "diffusion.widths": (8, 16),
+       "diffusion.timesteps": 100, "diffusion.sampling_steps": 5,
+       "diffusion.ddpm_timing_images": 2},
+)
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat([0, 1, 2], [10, 20, 30])
+    train, test = experiment.split_indices(labels, 0.2, seed=3)
+    assert not set(train) & set(test)
+    assert len(train) + len(test) == len(labels)
+    assert np.bincount(labels[test]).tolist() == [2, 4, 6]
+    again = experiment.split_indices(labels, 0.2, seed=3)
+    np.testing.assert_array_equal(test, again[1])
+    assert not np.array_equal(test, experiment.split_indices(labels, 0.2, seed=4)[1])
+
+
+def test_config_overrides_reach_nested_sections():
+    config = experiment.get_config("quick", **{"vae.epochs": 3, "image_size": 64})
+    assert config.vae.epochs == 3 and config.image_size == 64
+    assert experiment.PRESETS["quick"].vae.epochs != 3  # presets stay frozen
+    paper = experiment.get_config("paper")
+    assert (paper.image_size, paper.vae.epochs, paper.denoiser.epochs) == (128, 200, 10)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [({"models": ("vae", "gan")}, "subset of"), ({"test_fraction": 1.5}, "test_fraction"),
+     ({"channels": 2}, "channels"), ({"nope.epochs": 1}, "Unknown config section")],
+)
+def test_config_errors_name_the_bad_value(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        experiment.get_config("quick", **overrides)
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ValueError, match="paper"):
+        experiment.get_config("huge")
+
+
+def test_claims_compare_the_measured_numbers():
+    def variant(label, speed, sharp, kid, share=0.0):
+        return {"label": label, "steps": 50, "images_per_second": speed,
+                "metrics": {"sharpness_mean": sharp, "kid_mean": kid, "fid": kid * 1000,
+                            "memorization_share": share, "nearest_similarity_mean": 0.5}}
+
+    results = {"models": {
+        "vae": {"seconds_per_epoch": 1.0, "variants": {"vae": variant("VAE", 500, 10, 0.2)}},
+        "denoiser": {"seconds_per_epoch": 2.0, "variants": {
+            "denoiser_paper": variant("p", 100, 50, 0.01, share=0.9),
+            "denoiser_noise": variant("n", 100, 5, 0.5)}},
+        "diffusion": {"seconds_per_epoch": 3.0, "variants": {"ddim": variant("DDIM", 5, 40, 0.05)}},
+    }, "real_metrics": {"sharpness_mean": 45.0}}
+    verdicts = [c["verdict"] for c in experiment.check_claims(results)]
+    assert verdicts == ["PASS"] * 6
+    results["models"]["vae"]["variants"]["vae"]["metrics"]["sharpness_mean"] = 99.0
+    claims = experiment.check_claims(results)
+    blurry = next(c for c in claims if "blurrier" in c["claim"])
+    assert blurry["verdict"] == "FAIL" and "99.0" in blurry["evidence"]
+
+
+def test_compare_writes_every_artefact(tmp_path):
+    config = experiment.get_config("quick", name="tiny", **TINY)
+    results = experiment.compare(config, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("report.md", "report.html", "metrics.json"):
+        assert (run / name).stat().st_size > 0, name
+    figures = {p.name for p in (run / "figures").glob("*.png")}
+    assert {"fig1_real_per_class.png", "fig2_vae_samples.png", "fig3_diffusion_samples.png",
+            "fig4_vae_curves.png", "fig5_denoiser_curves.png", "speed.png"} <= figures
+    saved = json.loads((run / "metrics.json").read_text())
+    assert set(saved["models"]) == {"vae", "denoiser", "diffusion"}
+    assert saved["feature_extractor"] == results["feature_extractor"]
+    for entry in saved["models"].values():
+        assert entry["seconds_per_epoch"] > 0
+        assert len(entry["history"]["loss"]) == 2
+        for name, variant in entry["variants"].items():
+            assert variant["images_per_second"] > 0, name
+    vae = saved["models"]["vae"]["variants"]["vae"]["metrics"]
+    for key in ("sharpness_mean", "fid", "kid_mean", "precision", "recall", "memorization_share"):
+        assert np.isfinite(vae[key]), key
+    assert saved["claims"] and {c["verdict"] for c in saved["claims"]} <= {"PASS", "FAIL", "N/A"}
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(figures)  # self-contained
+    assert "claims" in (run / "report.md").read_text()
