@@ -279,7 +279,8 @@ def _train(model, config_section, train_x, train_y, out_dir, config, name):
 
     model.compile(optimizer=keras.optimizers.Adam(config_section.learning_rate))
     dataset = make_dataset(
-        train_x, train_y, batch_size=config_section.batch_size, shuffle=True, seed=config.seed,
+        train_x, train_y, batch_size=config_section.batch_size, image_size=config.image_size,
+        channels=config.channels, shuffle=True, seed=config.seed,
         with_labels=getattr(model, "num_classes", None) is not None,
     )
     epochs = getattr(config_section, "epochs", None) or config_section.diffusion_epochs
@@ -325,8 +326,8 @@ def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=Tru
         entry = _train(model, c, train_x, train_y, out_dir, config, "denoiser")
         pick = np.random.default_rng(seed).choice(len(train_x), size=n, replace=len(train_x) < n)
         paper, paper_speed = timed_generate(model.generate, n, source_images=train_x[pick],
-                                            seed=seed)
-        noise, noise_speed = timed_generate(model.generate, n, seed=seed)
+                                            seed=seed, progress=progress)
+        noise, noise_speed = timed_generate(model.generate, n, seed=seed, progress=progress)
         entry["variants"]["denoiser_paper"] = {
             "label": "Denoiser (paper: noised training images)", "steps": 1,
             "images_per_second": paper_speed}
