@@ -277,6 +277,8 @@ class DiffusionModel(GenerativeModel):
                              f"Received: batch_size={batch_size!r}")
         plan = self.schedule.plan(sampler, steps, eta, spacing)
         labels, guidance = self._sampling_labels(n, label, guidance)
+        logger.info("Sampling %d images with %s: %d network calls per batch of %d, %s weights",
+                    n, sampler, len(plan), min(batch_size, n), "EMA" if use_ema else "online")
         guided = labels is not None and guidance not in (0.0, 1.0)
         if labels is not None and guidance == 0.0:
             labels = np.full(n, self.num_classes, dtype=np.int32)  # w = 0: unconditional
@@ -342,6 +344,7 @@ class DiffusionModel(GenerativeModel):
             sampler: "ddim", "ddpm" (ancestral, Ho et al.) or "dpm++" (DPM-Solver++ 2M).
             eta: DDIM's eta in [0, 1] (0: deterministic).
             seed: seed of the initial and per-step noise; the same seed gives the same images.
+                None continues the model's own sampling stream (new images every call).
             label: None (unconditional), a class index, a class name (case-insensitive;
                 "bengin" is accepted) or one label per image. Needs `num_classes`.
             guidance: w in `eps = eps_uncond + w * (eps_cond - eps_uncond)`: 0 is
