@@ -207,7 +207,23 @@ class DiffusionModel(GenerativeModel):
         Returns:
             `(loss,)`, a float32 scalar.
         """
-        x0 = ops.cast(images, "float32") * 2.0 - 1.0
+        return (self.denoising_loss(ops.cast(images, "float32") * 2.0 - 1.0, labels, training),)
+
+    def denoising_loss(self, x0, labels=None, training=False):
+        """The loss of `compute_losses` on data already in model space (no [0, 1] mapping).
+
+        The hook for data that is not an image in [0, 1], e.g. `LatentDiffusion`'s
+        unit-variance latents (`lungkit.models.latent`), sampled back with
+        `sample(..., clip_denoised=False)`.
+
+        Args:
+            x0: float `(B, image_size, image_size, channels)`, the clean data.
+            labels: int `(B,)` or None (unconditional).
+
+        Returns:
+            A float32 scalar.
+        """
+        x0 = ops.cast(x0, "float32")
         batch = ops.shape(x0)[0]
         t = keras.random.randint((batch,), 0, self.timesteps, seed=self.seed_generator)
         noise = keras.random.normal(ops.shape(x0), seed=self.seed_generator)
@@ -221,7 +237,7 @@ class DiffusionModel(GenerativeModel):
         if self.num_classes is not None:
             inputs.append(self._labels(labels, batch, training))
         prediction = ops.cast(self.network(inputs, training=training), "float32")
-        return (ops.mean(ops.square(prediction - target)),)
+        return ops.mean(ops.square(prediction - target))
 
     def after_train_step(self):
         update_ema(self.ema_network.weights, self.network.weights, self.ema_decay)
