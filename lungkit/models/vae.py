@@ -11,6 +11,8 @@ Notation:
     z_mean, z_log_var    mu, log sigma^2 of q(z | x)
     epsilon              epsilon ~ N(0, I), the reparameterisation noise
     beta                 KL weight (beta-VAE, Higgins et al., 2017); 1.0 = the plain ELBO
+    labels               y, the class of a conditional VAE (Sohn et al., 2015): q(z | x, y),
+                         p(x | z, y); index `num_classes` = "no label"
 """
 
 import logging
@@ -27,6 +29,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256  # the sizes the issue promises to supp
 DEFAULT_WIDTHS = (32, 64, 128, 256)  # filters per stride-2 convolution, as the Keras example grows
 DEFAULT_DENSE_UNITS = 256  # hidden dense layer before z_mean / z_log_var
 RECONSTRUCTIONS = ("bce", "mse")
+LABEL_EMBEDDING_DIMS = 16  # width of the learned class embedding of a conditional VAE
 
 
 def kl_divergence(z_mean, z_log_var):
@@ -99,12 +102,23 @@ class Sampling(keras.layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
+def _label_embedding(num_classes, name):
+    """`labels` input `(batch,)` int32 in [0, num_classes] and its embedding `(batch, dims)`.
+
+    Index `num_classes` is the "no label" class that label dropout trains.
+    """
+    labels = keras.Input((), dtype="int32", name="labels")
+    embedding = keras.layers.Embedding(num_classes + 1, LABEL_EMBEDDING_DIMS, name=name)(labels)
+    return labels, embedding
+
+
 def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
-                  dense_units=DEFAULT_DENSE_UNITS, name="encoder"):
-    """Strided-convolution encoder: images -> `(z_mean, z_log_var)`.
+                  dense_units=DEFAULT_DENSE_UNITS, num_classes=None, name="encoder"):
+    """Strided-convolution encoder: images (and labels) -> `(z_mean, z_log_var)`.
 
     Each width adds a 3x3 convolution with stride 2 and ReLU, as the Keras example VAE the
-    paper trains; then flatten, a ReLU dense layer and two linear float32 heads.
+    paper trains; then flatten, a ReLU dense layer and two linear float32 heads. With
+    `num_classes`, a class embedding is concatenated to the flattened features.
 
     Args:
         image_size: side of the square input, divisible by `2 ** len(widths)`.
@@ -112,10 +126,12 @@ def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
         latent_dim: size of z.
         widths: filters per downsampling convolution.
         dense_units: size of the hidden dense layer (0 skips it).
+        num_classes: None, or the number of classes: adds a `labels` input.
 
     Returns:
         `keras.Model` mapping float32 `(batch, image_size, image_size, channels)` in [0, 1]
-        to two float32 `(batch, latent_dim)` tensors.
+        (and, with `num_classes`, int32 labels `(batch,)` in [0, num_classes]) to two float32
+        `(batch, latent_dim)` tensors.
     """
     images = keras.Input((image_size, image_size, channels), name="images")
     x = images
@@ -123,34 +139,47 @@ def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
         x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu",
                                 name=f"down_{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
+    inputs = images
+    if num_classes is not None:
+        labels, embedding = _label_embedding(num_classes, "class_embedding")
+        x = keras.layers.Concatenate(name="with_label")([x, embedding])
+        inputs = [images, labels]
     if dense_units:
         x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
     z_mean = keras.layers.Dense(latent_dim, dtype="float32", name="z_mean")(x)
     z_log_var = keras.layers.Dense(latent_dim, dtype="float32", name="z_log_var")(x)
-    return keras.Model(images, [z_mean, z_log_var], name=name)
+    return keras.Model(inputs, [z_mean, z_log_var], name=name)
 
 
-def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, name="decoder"):
-    """Mirror of `build_encoder`: z -> images.
+def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, num_classes=None,
+                  name="decoder"):
+    """Mirror of `build_encoder`: z (and labels) -> images.
 
     Dense to a `(image_size / 2**depth)`-sided feature map of `widths[-1]` channels, one 3x3
     transposed convolution with stride 2 and ReLU per width (in reverse), then a 3x3
-    convolution with a float32 sigmoid.
+    convolution with a float32 sigmoid. With `num_classes`, a class embedding is
+    concatenated to z.
 
     Returns:
-        `keras.Model` mapping float32 `(batch, latent_dim)` to float32
+        `keras.Model` mapping float32 `(batch, latent_dim)` (and, with `num_classes`, int32
+        labels `(batch,)` in [0, num_classes]) to float32
         `(batch, image_size, image_size, channels)` in [0, 1].
     """
     side = image_size // 2 ** len(widths)
     z = keras.Input((latent_dim,), name="z")
-    x = keras.layers.Dense(side * side * widths[-1], activation="relu", name="dense")(z)
+    x, inputs = z, z
+    if num_classes is not None:
+        labels, embedding = _label_embedding(num_classes, "class_embedding")
+        x = keras.layers.Concatenate(name="with_label")([z, embedding])
+        inputs = [z, labels]
+    x = keras.layers.Dense(side * side * widths[-1], activation="relu", name="dense")(x)
     x = keras.layers.Reshape((side, side, widths[-1]), name="reshape")(x)
     for i, width in enumerate(reversed(widths)):
         x = keras.layers.Conv2DTranspose(width, 3, strides=2, padding="same",
                                          activation="relu", name=f"up_{i}")(x)
     images = keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid",
                                  dtype="float32", name="images")(x)
-    return keras.Model(z, images, name=name)
+    return keras.Model(inputs, images, name=name)
 
 
 def _check_positive_int(name, value):
@@ -170,15 +199,22 @@ class VAE(GenerativeModel):
         dense_units: hidden dense layer of the encoder (0: none).
         reconstruction: `"bce"` (the paper) or `"mse"`, both summed over pixels per image.
         beta: weight of the KL term (1.0: the ELBO).
-        num_classes: reserved for the conditional VAE; must be None for now.
-        seed: seeds the reparameterisation noise and `generate(seed=None)`.
+        num_classes: None (the paper's unconditional VAE) or the number of classes of a
+            conditional VAE (Sohn et al., 2015): encoder and decoder then take int labels
+            `(batch,)`, and training batches are `(images, labels)`.
+        class_dropout: probability, in training, of replacing a label by "no label" (index
+            `num_classes`), so the same model also generates without a label.
+        seed: seeds the reparameterisation noise, label dropout and `generate(seed=None)`.
+
+    Classifier-free guidance (`guidance=`) belongs to the diffusion models; a conditional
+    VAE decodes the requested label directly (`generate(n, label="malignant")`).
     """
 
     loss_names = ("loss", "reconstruction_loss", "kl_loss")
 
     def __init__(self, image_size=128, channels=3, latent_dim=128, widths=DEFAULT_WIDTHS,
                  dense_units=DEFAULT_DENSE_UNITS, reconstruction="bce", beta=1.0,
-                 num_classes=None, seed=None, **kwargs):
+                 num_classes=None, class_dropout=0.1, seed=None, **kwargs):
         widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
         if not isinstance(widths, tuple) or not widths:
             raise ValueError(f"`widths` must be a non-empty tuple of positive integers. "
@@ -205,19 +241,27 @@ class VAE(GenerativeModel):
         if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
             raise ValueError(f"`beta` must be a number >= 0. Received: beta={beta!r}")
         if num_classes is not None:
-            raise ValueError("`num_classes` is reserved for the conditional VAE, which is not "
-                             f"implemented yet; pass None. Received: num_classes={num_classes!r}")
+            _check_positive_int("num_classes", num_classes)
+        if isinstance(class_dropout, bool) or not isinstance(class_dropout, (int, float)) \
+                or not 0.0 <= class_dropout < 1.0:
+            raise ValueError(f"`class_dropout` must be in [0, 1). "
+                             f"Received: class_dropout={class_dropout!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
         super().__init__(**kwargs)
         self.image_size, self.channels, self.latent_dim = int(image_size), channels, int(latent_dim)
         self.widths, self.dense_units = tuple(int(w) for w in widths), int(dense_units)
         self.reconstruction, self.beta = reconstruction, float(beta)
-        self.num_classes, self.seed = num_classes, seed
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.class_dropout, self.seed = float(class_dropout), seed
         self.encoder = build_encoder(self.image_size, channels, self.latent_dim, self.widths,
-                                     self.dense_units)
-        self.decoder = build_decoder(self.image_size, channels, self.latent_dim, self.widths)
+                                     self.dense_units, self.num_classes)
+        self.decoder = build_decoder(self.image_size, channels, self.latent_dim, self.widths,
+                                     self.num_classes)
         self.sampler = Sampling(seed=seed, name="sampler")
+        if self.num_classes is not None:  # only conditional models carry this state
+            self.label_seeds = keras.random.SeedGenerator(
+                None if seed is None else seed + 2, name="label_seeds")
         # Separate stream for generate(seed=None), so sampling does not shift training noise.
         self.generation_seeds = keras.random.SeedGenerator(
             None if seed is None else seed + 1, name="generation_seeds")
@@ -281,40 +325,97 @@ class VAE(GenerativeModel):
         self._check_input_data(x, "x")
         return super().evaluate(x, *args, **kwargs)
 
-    def call(self, images, training=False):
-        """Reconstructs `images`: samples z while training, uses `z_mean` otherwise."""
+    def call(self, inputs, training=False):
+        """Reconstructs images: samples z while training, uses `z_mean` otherwise.
+
+        Args:
+            inputs: images `(batch, H, W, C)` in [0, 1], or `(images, labels)` with int
+                labels `(batch,)` for a conditional VAE (images alone: "no label").
+        """
+        images, labels = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
         self.check_images(images)
-        z_mean, z_log_var = self.encoder(images, training=training)
+        labels = self._conditioning(labels, ops.shape(images)[0], training)
+        z_mean, z_log_var = self._encode(images, labels, training)
         z = self.sampler([z_mean, z_log_var]) if training else z_mean
-        return self.decoder(z, training=training)
+        return self._decode(z, labels, training)
+
+    def _conditioning(self, labels, batch, training):
+        """int32 labels `(batch,)` for a conditional VAE (None for the paper's VAE).
+
+        Missing labels become "no label" (index `num_classes`); in training a share
+        `class_dropout` of the labels is replaced by "no label" too.
+        """
+        if self.num_classes is None:
+            return None  # labelled batches train the unconditional VAE as plain images
+        null = ops.full((batch,), self.num_classes, dtype="int32")
+        if labels is None:
+            return null
+        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+        if training and self.class_dropout > 0:
+            dropped = keras.random.uniform((batch,), seed=self.label_seeds) < self.class_dropout
+            labels = ops.where(dropped, null, labels)
+        return labels
+
+    def _encode(self, images, labels, training=False):
+        inputs = images if labels is None else [images, labels]
+        return self.encoder(inputs, training=training)
+
+    def _decode(self, z, labels, training=False):
+        inputs = z if labels is None else [z, labels]
+        return self.decoder(inputs, training=training)
 
     def compute_losses(self, images, labels=None, training=False):
         """Returns `(loss, reconstruction_loss, kl_loss)`, float32 scalars, batch means.
 
         `loss = reconstruction_loss + beta * kl_loss`; both terms are summed per image (over
-        pixels and latent dimensions) and averaged over the batch, the paper's scale.
+        pixels and latent dimensions) and averaged over the batch, the paper's scale. `labels`
+        (int `(batch,)`) condition a conditional VAE and are ignored by the paper's VAE.
         """
         self.check_images(images)
         images = ops.cast(images, "float32")
-        z_mean, z_log_var = self.encoder(images, training=training)
+        labels = self._conditioning(labels, ops.shape(images)[0], training)
+        z_mean, z_log_var = self._encode(images, labels, training)
         z = self.sampler([z_mean, z_log_var])
-        reconstructions = self.decoder(z, training=training)
+        reconstructions = self._decode(z, labels, training)
         recon = ops.mean(reconstruction_loss(images, reconstructions, self.reconstruction))
         kl = ops.mean(kl_divergence(z_mean, z_log_var))
         return recon + self.beta * kl, recon, kl
 
-    def encode(self, images, batch_size=256):
-        """Encodes images into the parameters of q(z | x).
+    def _label_array(self, label, n):
+        """Public-boundary labels: int32 `(n,)` for a conditional VAE, None for the paper's.
+
+        `label` is None ("no label"), a class index, a class name ("Normal", "Benign",
+        "Malignant"; case-insensitive, "bengin" accepted) or one label per image.
+        """
+        if self.num_classes is None:
+            if label is not None:
+                raise ValueError(f"`label` needs a VAE built with `num_classes`. "
+                                 f"Received: label={label!r}, num_classes=None")
+            return None
+        if label is None:
+            return np.full(n, self.num_classes, dtype=np.int32)
+        from lungkit.models.diffusion import resolve_labels
+
+        return resolve_labels(label, n, self.num_classes)
+
+    def encode(self, images, labels=None, batch_size=256):
+        """Encodes images into the parameters of q(z | x) (q(z | x, y) when conditional).
 
         Args:
             images: `(n, H, W, C)` float in [0, 1] (uint8 is divided by 255).
+            labels: conditional VAE only: a label for all images or one per image (index or
+                class name); None means "no label".
 
         Returns:
             `(z_mean, z_log_var)`, float32 numpy arrays `(n, latent_dim)`.
         """
         images = self._as_images(images)
         _check_positive_int("batch_size", batch_size)
-        outputs = [self.encoder(images[i:i + batch_size], training=False)
+        return self._encode_batches(images, self._label_array(labels, len(images)), batch_size)
+
+    def _encode_batches(self, images, labels, batch_size):
+        outputs = [self._encode(images[i:i + batch_size],
+                                None if labels is None else labels[i:i + batch_size])
                    for i in range(0, len(images), batch_size)]
         z_mean = np.concatenate([ops.convert_to_numpy(m) for m, _ in outputs]) if outputs else \
             np.zeros((0, self.latent_dim), "float32")
@@ -322,25 +423,35 @@ class VAE(GenerativeModel):
             else np.zeros((0, self.latent_dim), "float32")
         return z_mean.astype("float32"), z_log_var.astype("float32")
 
-    def decode(self, z, batch_size=256):
-        """Decodes latents `(n, latent_dim)` to float32 images `(n, H, W, C)` in [0, 1]."""
+    def decode(self, z, labels=None, batch_size=256):
+        """Decodes latents `(n, latent_dim)` to float32 images `(n, H, W, C)` in [0, 1].
+
+        `labels` (conditional VAE only): one label or one per latent; None means "no label".
+        """
         z = np.asarray(z, dtype="float32")
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"`z` must have shape (n, {self.latent_dim}). "
                              f"Received: shape={z.shape}")
         _check_positive_int("batch_size", batch_size)
+        return self._decode_batches(z, self._label_array(labels, len(z)), batch_size)
+
+    def _decode_batches(self, z, labels, batch_size):
         # One eager forward pass per batch: a single decoder call, no per-step loop to compile.
-        batches = [ops.convert_to_numpy(self.decoder(z[i:i + batch_size], training=False))
-                   for i in range(0, len(z), batch_size)]
+        batches = [ops.convert_to_numpy(self._decode(
+            z[i:i + batch_size], None if labels is None else labels[i:i + batch_size]))
+            for i in range(0, len(z), batch_size)]
         images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape))
         return np.clip(images.astype("float32"), 0.0, 1.0)
 
-    def reconstruct(self, images, batch_size=256):
+    def reconstruct(self, images, labels=None, batch_size=256):
         """Deterministic reconstructions (decoded `z_mean`), float32 `(n, H, W, C)` in [0, 1]."""
-        z_mean, _ = self.encode(images, batch_size=batch_size)
-        return self.decode(z_mean, batch_size=batch_size)
+        images = self._as_images(images)
+        _check_positive_int("batch_size", batch_size)
+        labels = self._label_array(labels, len(images))
+        z_mean, _ = self._encode_batches(images, labels, batch_size)
+        return self._decode_batches(z_mean, labels, batch_size)
 
-    def generate(self, n, seed=None, batch_size=256):
+    def generate(self, n, seed=None, batch_size=256, label=None, guidance=None):
         """Samples `n` new images by decoding z ~ N(0, I).
 
         Args:
@@ -348,6 +459,11 @@ class VAE(GenerativeModel):
             seed: int for reproducible samples (same seed, same images); None draws from the
                 model's own generator (different images every call).
             batch_size: images decoded per batch.
+            label: conditional VAE only: the class to generate, as an index, a class name
+                ("malignant"; case-insensitive) or one label per image. None decodes with
+                "no label" (the unconditional model that label dropout trains).
+            guidance: not supported: classifier-free guidance is for the diffusion models.
+                Must be None.
 
         Returns:
             float32 numpy array `(n, H, W, C)` in [0, 1].
@@ -356,13 +472,20 @@ class VAE(GenerativeModel):
         _check_positive_int("batch_size", batch_size)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        if guidance is not None:
+            raise ValueError(
+                "`guidance` (classifier-free guidance) applies to the diffusion models; the "
+                "VAE decodes the requested `label` directly. Pass guidance=None. "
+                f"Received: guidance={guidance!r}")
+        labels = self._label_array(label, int(n))
         generator = self.generation_seeds if seed is None else keras.random.SeedGenerator(int(seed))
         z = keras.random.normal((int(n), self.latent_dim), dtype="float32", seed=generator)
-        return self.decode(ops.convert_to_numpy(z), batch_size=batch_size)
+        return self._decode_batches(ops.convert_to_numpy(z), labels, batch_size)
 
     def get_config(self):
         return {**super().get_config(), "image_size": self.image_size,
                 "channels": self.channels, "latent_dim": self.latent_dim,
                 "widths": list(self.widths), "dense_units": self.dense_units,
                 "reconstruction": self.reconstruction, "beta": self.beta,
-                "num_classes": self.num_classes, "seed": self.seed}
+                "num_classes": self.num_classes, "class_dropout": self.class_dropout,
+                "seed": self.seed}

@@ -157,7 +157,8 @@ def test_wrong_input_shape_names_expected_and_received(tiny_vae):
     (dict(widths=()), "`widths` must be a non-empty tuple"),
     (dict(reconstruction="l1"), "`reconstruction` must be one of"),
     (dict(beta=-1.0), "`beta` must be a number >= 0"),
-    (dict(num_classes=3), "`num_classes` is reserved"),
+    (dict(num_classes=0), "`num_classes` must be a positive integer"),
+    (dict(num_classes=3, class_dropout=1.0), r"`class_dropout` must be in \[0, 1\)"),
     (dict(seed="a"), "`seed` must be an integer or None"),
 ])
 def test_bad_constructor_arguments(kwargs, match):
@@ -184,3 +185,90 @@ def test_mixed_precision_keeps_losses_and_outputs_float32(tiny_ct_batch):
         assert model.encoder.layers[1].compute_dtype == "bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# --------------------------------------------------------------------------- conditional VAE
+@pytest.fixture
+def tiny_cvae():
+    return VAE(image_size=32, channels=1, num_classes=3, class_dropout=0.2, seed=0, **TINY)
+
+
+def test_conditional_vae_takes_labels_in_encoder_and_decoder(tiny_cvae, tiny_ct_batch):
+    gray, labels = tiny_ct_batch[..., :1], np.array([0, 1, 2, 2])
+    assert [t.name for t in tiny_cvae.encoder.inputs] == ["images", "labels"]
+    assert [t.name for t in tiny_cvae.decoder.inputs] == ["z", "labels"]
+    assert tiny_cvae((gray, labels)).shape == gray.shape
+    assert tiny_cvae(gray).shape == gray.shape  # images alone: "no label"
+    z_mean, _ = tiny_cvae.encode(gray, labels)
+    assert z_mean.shape == (4, 4)
+    assert not np.allclose(z_mean, tiny_cvae.encode(gray, 0)[0])  # q(z | x, y) sees y
+    assert tiny_cvae.reconstruct(gray, "benign").shape == gray.shape
+    assert not any(isinstance(layer, keras.layers.Lambda)
+                   for part in (tiny_cvae.encoder, tiny_cvae.decoder) for layer in part.layers)
+
+
+def test_conditional_generate_label_changes_the_output(tiny_cvae):
+    normal = tiny_cvae.generate(3, seed=1, label="normal")
+    malignant = tiny_cvae.generate(3, seed=1, label="Malignant")
+    assert normal.shape == (3, 32, 32, 1) and normal.dtype == np.float32
+    assert 0.0 <= normal.min() and normal.max() <= 1.0
+    np.testing.assert_array_equal(normal, tiny_cvae.generate(3, seed=1, label=0))
+    assert not np.allclose(normal, malignant)
+    assert not np.allclose(tiny_cvae.generate(3, seed=1), normal)  # None: the null class
+    mixed = tiny_cvae.generate(3, seed=1, label=["normal", "bengin", 2])
+    np.testing.assert_array_equal(mixed[0], normal[0])
+    np.testing.assert_array_equal(mixed[2], malignant[2])
+    with pytest.raises(ValueError, match="one of"):
+        tiny_cvae.generate(2, label="cancer")
+    with pytest.raises(ValueError, match=r"integer in \[0, 2\]"):
+        tiny_cvae.generate(2, label=3)
+
+
+def test_guidance_is_refused_by_the_vae(tiny_cvae, tiny_vae):
+    with pytest.raises(ValueError, match="`guidance`.*diffusion models.*guidance=3.0"):
+        tiny_cvae.generate(2, label=2, guidance=3.0)
+    with pytest.raises(ValueError, match="`label` needs a VAE built with `num_classes`"):
+        tiny_vae.generate(2, label="malignant")
+
+
+def test_conditional_label_dropout_replaces_a_share_of_labels(tiny_cvae):
+    labels = np.zeros(4000, "int32")
+    kept = keras.ops.convert_to_numpy(tiny_cvae._conditioning(labels, 4000, training=True))
+    assert set(np.unique(kept)) == {0, 3}
+    assert abs((kept == 3).mean() - 0.2) < 0.03
+    evaluated = keras.ops.convert_to_numpy(tiny_cvae._conditioning(labels, 4000, training=False))
+    assert (evaluated == 0).all()
+
+
+def test_conditional_vae_learns_the_class_end_to_end():
+    """Two classes that differ only in brightness: the label alone must pick the brightness."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 16)
+    images = np.where(labels[:, None, None, None] == 0, 0.2, 0.8) + 0.02 * rng.standard_normal(
+        (32, 32, 32, 1))
+    images = np.clip(images, 0, 1).astype("float32")
+    model = VAE(image_size=32, channels=1, num_classes=2, class_dropout=0.0, seed=0, **TINY)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(32, seed=0).batch(4)
+    losses = model.fit(dataset, epochs=20, verbose=0).history["loss"]
+    assert losses[-1] < losses[0] - 100  # ~715 -> ~525
+    dark, bright = model.generate(8, seed=0, label=0), model.generate(8, seed=0, label=1)
+    assert dark.mean() < 0.4 and bright.mean() > 0.7  # the data: 0.2 and 0.8
+
+
+def test_conditional_save_load_and_config_round_trip(tiny_cvae, tiny_ct_batch, tmp_path):
+    gray, labels = tiny_ct_batch[..., :1], np.array([0, 1, 2, 1])
+    tiny_cvae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    tiny_cvae.fit(tf.data.Dataset.from_tensor_slices((gray, labels)).batch(2), epochs=1,
+                  verbose=0)
+    config = tiny_cvae.get_config()
+    assert config["num_classes"] == 3 and config["class_dropout"] == 0.2
+    assert VAE.from_config(config).get_config() == config
+    tiny_cvae.save(tmp_path / "cvae.keras")
+    reloaded = keras.models.load_model(tmp_path / "cvae.keras", safe_mode=True)
+    assert reloaded.get_config() == config
+    for label in ("normal", "malignant", None):
+        np.testing.assert_array_equal(reloaded.generate(3, seed=2, label=label),
+                                      tiny_cvae.generate(3, seed=2, label=label))
+    np.testing.assert_array_equal(reloaded.reconstruct(gray, labels),
+                                  tiny_cvae.reconstruct(gray, labels))
