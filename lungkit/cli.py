@@ -186,6 +186,9 @@ def _train(args):
         options = {"seed": args.seed}
         if hasattr(model, "timesteps") and _accepts(model.generate, "steps"):  # diffusion
             options["steps"] = min(args.sample_steps, model.timesteps)
+        if getattr(model, "num_classes", None):  # conditional: the classes in turn, in order
+            options["label"] = [i * model.num_classes // args.samples
+                                for i in range(args.samples)]
         viz.save_grid(model.generate(args.samples, **options), out / "samples.png")
     last = {k: history[k][-1] for k in model.loss_names if history.get(k)}
     print(f"Model: {out / f'{args.model}.keras'} ({len(history.get('epoch', []))} epochs; "
@@ -204,8 +207,10 @@ def _sample(args):
         raise FileNotFoundError(f"`--model` file not found: {path}")
     model = keras.saving.load_model(path)
     options = {"seed": args.seed}
-    for key in ("steps", "sampler"):
+    for key in ("steps", "sampler", "label", "guidance"):
         value = getattr(args, key)
+        if key == "label" and value is not None and value.isdigit():
+            value = int(value)  # a class index; names ("malignant") stay strings
         if value is not None:
             if not _accepts(model.generate, key):
                 raise ValueError(f"--{key} does not apply to the {args.model} model.")
@@ -266,6 +271,12 @@ def add_train_commands(subparsers):
     sample.add_argument("--out", default="samples.png", help="PNG path (samples.png)")
     sample.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion)")
     sample.add_argument("--sampler", default=None, help="ddim|ddpm|dpm++ (diffusion)")
+    sample.add_argument("--label", default=None,
+                        help="class to generate: normal|benign|malignant or 0|1|2 (a model "
+                        "trained with --set num_classes=3)")
+    sample.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale w (diffusion with --label): 0 "
+                        "unconditional, 1 conditional (default), >1 guided, e.g. 3.0")
     sample.set_defaults(handler=_sample)
 
 

@@ -97,3 +97,32 @@ def test_model_registry_names_importable_classes():
     with pytest.raises(ValueError, match=r"MODEL must be one of \('vae', 'denoiser'"):
         cli.model_class("gan")
     json.dumps(cli.MODELS)  # plain strings: nothing imported at CLI start-up
+
+
+@pytest.mark.parametrize("model", ["vae", "diffusion"])
+def test_conditional_train_and_sample_with_label_and_guidance(model, phantom_dir, tmp_path,
+                                                              caplog):
+    assert cli.main(_train_args(model, phantom_dir, tmp_path, "--set", "num_classes=3",
+                                "--samples", "3", "--sample-steps", "2", "--epochs", "1",
+                                # EMA = online weights: after 3 steps the EMA barely moved
+                                *(["--set", "ema_decay=0"] if model == "diffusion" else []))) == 0
+    saved = tmp_path / f"{model}.keras"
+    grids = {}
+    for label in ("normal", "2"):
+        out = tmp_path / f"{label}.png"
+        args = ["sample", model, "--model", str(saved), "-n", "2", "--seed", "1",
+                "--label", label, "--out", str(out)]
+        if model == "diffusion":
+            args += ["--steps", "3", "--guidance", "3.0"]
+        assert cli.main(args) == 0
+        grids[label] = np.asarray(Image.open(out), dtype=float)
+    assert not np.array_equal(grids["normal"], grids["2"])  # the label reaches the model
+    caplog.clear()
+    if model == "vae":  # guidance is a diffusion option: refused with the model's message
+        assert cli.main(["sample", "vae", "--model", str(saved), "--label", "benign",
+                         "--guidance", "3", "--out", str(tmp_path / "x.png")]) == 1
+        assert "`guidance` (classifier-free guidance) applies to the diffusion" in caplog.text
+    else:
+        assert cli.main(["sample", model, "--model", str(saved), "--steps", "2",
+                         "--label", "cancer", "--out", str(tmp_path / "x.png")]) == 1
+        assert "`label` must be" in caplog.text
