@@ -6,6 +6,11 @@ the latent hybrid) under one config, times training and generation, evaluates ev
 samples against the held-out real images with `lungkit.metrics.evaluate`, checks the paper's
 claims against the measured numbers and writes the report (`lungkit.report`).
 
+With `conditional=True` the VAE and the DDPM are class-conditional (Sohn et al., 2015; Ho &
+Salimans, 2022): they generate `n_generate` samples split evenly over Normal / Benign /
+Malignant, scored for class fidelity (a classifier trained on the real training split) and
+train-on-synthetic-test-on-real accuracy.
+
 Settings are frozen dataclasses; `PRESETS` names the two standard ones: "quick" (minutes on
 two CPU cores, what `make demo` runs) and "paper" (Chen 2024: 128 px, VAE 200 epochs,
 denoiser 10 epochs).
@@ -22,6 +27,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("vae", "denoiser", "diffusion", "latent")
+NUM_CLASSES = 3  # Normal, Benign, Malignant (lungkit.data.images.CLASS_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,7 @@ class VAEConfig:
     latent_dim: int = 128
     widths: tuple = (32, 64, 128, 256)
     beta: float = 1.0  # KL weight
+    class_dropout: float = 0.1  # conditional runs: share of labels dropped in training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +62,29 @@ class DiffusionConfig:
     schedule: str = "cosine"  # Nichol & Dhariwal (2021)
     ema_decay: float = 0.999
     sampling_steps: int = 50  # DDIM steps for the report's samples
+    dpm_steps: int = 20  # DPM-Solver++(2M) steps: Lu et al. (2022) report 15-20 suffice
+    class_dropout: float = 0.1  # conditional runs: Ho & Salimans (2022) use 0.1-0.2
+    guidance: float = 2.0  # conditional runs: classifier-free guidance w of the samples
     ddpm_timing_images: int = 2  # DDPM-1000 is timed on this many images only
 
 
 @dataclasses.dataclass(frozen=True)
 class LatentConfig:
-    autoencoder_epochs: int = 50
-    diffusion_epochs: int = 100
+    autoencoder_epochs: int = 50  # stage 1: the autoencoder
+    diffusion_epochs: int = 100  # stage 2: the diffusion on its frozen latents
     batch_size: int = 16
-    learning_rate: float = 2e-4
-    latent_channels: int = 4
-    sampling_steps: int = 50
+    learning_rate: float = 2e-4  # both stages; Ho et al. (2020) for the diffusion
+    latent_channels: int = 4  # Rombach et al. (2022): KL autoencoder f=8, 4 channels
+    # One width per resolution level: 3 downsamplings, 128 px -> a 16x16x4 latent.
+    autoencoder_widths: tuple = (32, 64, 128, 128)
+    kl_weight: float = 1e-6  # Rombach et al. (2022), against a per-image summed L1 loss
+    widths: tuple = (64, 128, 256)  # the latent U-Net: 16x16 -> 8x8 -> 4x4
+    blocks_per_level: int = 2
+    attention_levels: tuple = ()
+    timesteps: int = 1000  # Ho et al. (2020)
+    schedule: str = "cosine"  # Nichol & Dhariwal (2021)
+    ema_decay: float = 0.999
+    sampling_steps: int = 50  # DDIM steps, as the pixel-space diffusion's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +102,7 @@ class ExperimentConfig:
     features: str = "auto"  # FID/KID features: "auto" | "inception" | "domain"
     strategy: str = "auto"
     precision: str = "float32"
+    conditional: bool = False  # class-conditional VAE and DDPM, scored for class fidelity
     vae: VAEConfig = VAEConfig()
     denoiser: DenoiserConfig = DenoiserConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -136,7 +156,11 @@ PRESETS = {
             epochs=40, batch_size=16, learning_rate=1e-3, widths=(16, 32, 64),
             blocks_per_level=1, ema_decay=0.99, sampling_steps=50,
         ),
-        latent=LatentConfig(autoencoder_epochs=20, diffusion_epochs=40, learning_rate=1e-3),
+        latent=LatentConfig(
+            autoencoder_epochs=20, diffusion_epochs=40, learning_rate=1e-3,
+            autoencoder_widths=(16, 32, 32), widths=(32, 64), blocks_per_level=1,
+            ema_decay=0.99,  # 32 px -> an 8x8x4 latent
+        ),
     ),
     # Chen (2024): 128x128 RGB, VAE 200 epochs with Adam, denoiser 10 epochs.
     "paper": ExperimentConfig(name="paper"),
@@ -194,12 +218,32 @@ def load_split(config, out_dir):
     return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], info
 
 
+def conditional_labels(n, num_classes=NUM_CLASSES):
+    """Labels for `n` class-conditional samples: the classes in turn, evenly, in order.
+
+    Returns:
+        int32 `(n,)`, sorted, each class `n // num_classes` or one more times.
+    """
+    return (np.arange(n) * num_classes // n).astype(np.int32)
+
+
+def _conditional_variant(labels):
+    """The variant-dict keys that mark samples as conditional (read by `compare` and report)."""
+    return {"conditional": True,
+            "class_counts": np.bincount(labels, minlength=NUM_CLASSES).tolist()}
+
+
 def timed_generate(generate, n, **kwargs):
     """Calls `generate(n, **kwargs)` once to warm up on 2 images, then times `n` images.
 
+    A per-image `label` sequence is cut to the warm-up's size.
+
     Returns `(images, images_per_second)`.
     """
-    generate(min(2, n), **kwargs)  # traces and compiles the sampling step
+    warm = dict(kwargs)
+    if isinstance(warm.get("label"), (list, tuple, np.ndarray)):
+        warm["label"] = warm["label"][: min(2, n)]
+    generate(min(2, n), **warm)  # traces and compiles the sampling step
     start = time.perf_counter()
     images = np.asarray(generate(n, **kwargs))
     elapsed = time.perf_counter() - start
@@ -241,6 +285,13 @@ def compare(config=None, out_dir=None, progress=True):
         "feature_extractor": extractor.name,
         "models": {},
     }
+    classifier, class_options = None, {}
+    if config.conditional:
+        classifier = _class_classifier(extractor, train_x, train_y, out_dir / "features")
+        held_out = metrics.class_fidelity(test_x, test_y, classifier)
+        results["classifier"] = {"name": classifier.name, "test_accuracy": held_out["accuracy"],
+                                 "test_accuracy_per_class": held_out["per_class"]}
+        class_options = {"classifier": classifier, "real_labels": test_y}
     samples = {}
     for model_name in config.models:
         logger.info("=== %s ===", model_name)
@@ -249,19 +300,32 @@ def compare(config=None, out_dir=None, progress=True):
         )
         for variant, images in model_samples.items():
             samples[variant] = images
-            if entry["variants"][variant].get("evaluate", True):
-                entry["variants"][variant]["metrics"] = metrics.evaluate(
+            info = entry["variants"][variant]
+            if info.get("evaluate", True):
+                labels = None
+                if info.get("conditional") and class_options:
+                    labels = np.repeat(np.arange(NUM_CLASSES), info["class_counts"])
+                info["metrics"] = metrics.evaluate(
                     images, test_x, train=train_x, features=extractor, real_stats=real_stats,
-                    seed=config.seed,
+                    seed=config.seed, generated_labels=labels,
+                    **(class_options if labels is not None else {}),
                 )
         results["models"][model_name] = entry
         _write_json(results, out_dir / "metrics.json")  # nothing lost if a later model fails
 
-    # Reference row: real training images scored like samples (what a perfect model gets).
+    # Reference row: real training images scored like samples (what a perfect model gets),
+    # drawn at random: the training arrays are ordered by class.
+    pick = np.sort(np.random.default_rng(config.seed).choice(
+        len(train_x), size=min(config.n_generate, len(train_x)), replace=False))
     results["real_metrics"] = metrics.evaluate(
-        train_x[: config.n_generate], test_x, train=None, features=extractor,
-        real_stats=real_stats, seed=config.seed,
+        train_x[pick], test_x, train=None, features=extractor, real_stats=real_stats,
+        seed=config.seed, generated_labels=train_y[pick] if classifier else None,
+        real_labels=test_y if classifier else None,
     )
+    if classifier is not None:  # what held-out real slices score: the ceiling of fidelity
+        results["real_metrics"]["class_fidelity"] = results["classifier"]["test_accuracy"]
+        results["real_metrics"]["class_fidelity_per_class"] = \
+            results["classifier"]["test_accuracy_per_class"]
     results["claims"] = check_claims(results)
     results["wall_seconds"] = time.time() - started
     _write_json(results, out_dir / "metrics.json")
@@ -270,8 +334,22 @@ def compare(config=None, out_dir=None, progress=True):
     return results
 
 
-def _train(model, config_section, train_x, train_y, out_dir, config, name):
-    """Compiles `model` with Adam, fits it with lungkit's callbacks, returns the entry dict."""
+def _class_classifier(extractor, train_x, train_y, cache_dir):
+    """The classifier that scores class fidelity: the domain encoder trained on the real
+    training split (the FID/KID extractor itself when it is one; InceptionV3 knows no CT
+    classes, so then a domain encoder is trained for this alone)."""
+    from lungkit.features import DomainEncoder
+
+    if hasattr(extractor, "predict_labels"):
+        return extractor
+    return DomainEncoder.fit(train_x, train_y, cache_dir=cache_dir)
+
+
+def _train(model, config_section, train_x, train_y, out_dir, config, name, epochs=None):
+    """Compiles `model` with Adam, fits it with lungkit's callbacks, returns the entry dict.
+
+    Trains `epochs` epochs, default `config_section.epochs`.
+    """
     import keras
 
     from lungkit import training
@@ -283,7 +361,7 @@ def _train(model, config_section, train_x, train_y, out_dir, config, name):
         channels=config.channels, shuffle=True, seed=config.seed,
         with_labels=getattr(model, "num_classes", None) is not None,
     )
-    epochs = getattr(config_section, "epochs", None) or config_section.diffusion_epochs
+    epochs = config_section.epochs if epochs is None else epochs
     history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
     seconds = list(history.get("epoch_seconds", []))
     steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch includes tracing
@@ -311,11 +389,17 @@ def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=Tru
         from lungkit.models.vae import VAE
 
         c = config.vae
+        conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
+            if config.conditional else {}
         model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
-                    widths=c.widths, beta=c.beta, seed=seed)
+                    widths=c.widths, beta=c.beta, seed=seed, **conditional)
         entry = _train(model, c, train_x, train_y, out_dir, config, "vae")
-        images, speed = timed_generate(model.generate, n, seed=seed)
-        entry["variants"]["vae"] = {"label": "VAE", "steps": 1, "images_per_second": speed}
+        labels = {"label": conditional_labels(n)} if config.conditional else {}
+        images, speed = timed_generate(model.generate, n, seed=seed, **labels)
+        entry["variants"]["vae"] = {"label": "Conditional VAE" if labels else "VAE", "steps": 1,
+                                    "images_per_second": speed}
+        if labels:
+            entry["variants"]["vae"].update(_conditional_variant(labels["label"]))
         return entry, {"vae": images}
     if model_name == "denoiser":
         from lungkit.models.denoiser import UNetDenoiser
@@ -338,29 +422,64 @@ def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=Tru
         from lungkit.models.diffusion import DiffusionModel
 
         c = config.diffusion
+        conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
+            if config.conditional else {}
         model = DiffusionModel(image_size=image_size, channels=channels, timesteps=c.timesteps,
                                schedule=c.schedule, widths=c.widths,
                                blocks_per_level=c.blocks_per_level,
                                attention_levels=c.attention_levels, ema_decay=c.ema_decay,
-                               seed=seed)
+                               seed=seed, **conditional)
         entry = _train(model, c, train_x, train_y, out_dir, config, "diffusion")
-        ddim, ddim_speed = timed_generate(model.generate, n, steps=c.sampling_steps,
-                                          sampler="ddim", seed=seed, progress=progress)
-        ddpm, ddpm_speed = timed_generate(model.generate, c.ddpm_timing_images,
-                                          steps=c.timesteps, sampler="ddpm", seed=seed,
-                                          progress=progress)
-        entry["variants"]["ddim"] = {"label": f"DDIM-{c.sampling_steps}",
-                                     "steps": c.sampling_steps, "images_per_second": ddim_speed}
-        entry["variants"]["ddpm"] = {
-            "label": f"DDPM-{c.timesteps}", "steps": c.timesteps, "images_per_second": ddpm_speed,
-            "evaluate": False,  # too few images for distribution metrics; timed and shown
-        }
-        return entry, {"ddim": ddim, "ddpm": ddpm}
-    if model_name == "latent":
-        from lungkit.models.latent import train_latent_for_experiment
 
-        return train_latent_for_experiment(config, train_x, train_y, out_dir, _train,
-                                           timed_generate, progress=progress)
+        def sample(name, title, count, steps, sampler, **extra):
+            """Generates, times and describes one sampler's images."""
+            options = {}
+            if config.conditional:
+                options = {"label": conditional_labels(count), "guidance": c.guidance}
+                title += f" (w={c.guidance:g})"
+            images, speed = timed_generate(model.generate, count, steps=steps, sampler=sampler,
+                                           seed=seed, progress=progress, **options)
+            entry["variants"][name] = {"label": title, "steps": steps,
+                                       "images_per_second": speed, **extra}
+            if options:
+                entry["variants"][name].update(_conditional_variant(options["label"]))
+            return images
+
+        ddim = sample("ddim", f"DDIM-{c.sampling_steps}", n, c.sampling_steps, "ddim")
+        dpm = sample("dpm++", f"DPM-Solver++-{c.dpm_steps}", n, c.dpm_steps, "dpm++")
+        # too few DDPM images for distribution metrics: timed and shown only
+        ddpm = sample("ddpm", f"DDPM-{c.timesteps}", c.ddpm_timing_images, c.timesteps, "ddpm",
+                      evaluate=False)
+        return entry, {"ddim": ddim, "dpm++": dpm, "ddpm": ddpm}
+    if model_name == "latent":
+        from lungkit.models.latent import LatentAutoencoder, LatentDiffusion
+
+        c = config.latent
+        autoencoder = LatentAutoencoder(image_size=image_size, channels=channels,
+                                        latent_channels=c.latent_channels,
+                                        widths=c.autoencoder_widths, kl_weight=c.kl_weight,
+                                        seed=seed)
+        stage1 = _train(autoencoder, c, train_x, train_y, out_dir / "autoencoder", config,
+                        "autoencoder", epochs=c.autoencoder_epochs)
+        scale_factor = autoencoder.compute_scale_factor(train_x)
+        reconstructions = autoencoder.reconstruct(train_x[:n])
+        model = LatentDiffusion(autoencoder, timesteps=c.timesteps, schedule=c.schedule,
+                                widths=c.widths, blocks_per_level=c.blocks_per_level,
+                                attention_levels=c.attention_levels, ema_decay=c.ema_decay,
+                                seed=seed)
+        entry = _train(model, c, train_x, train_y, out_dir / "diffusion", config,
+                       "latent_diffusion", epochs=c.diffusion_epochs)
+        stage1.pop("variants")
+        entry["autoencoder"] = {
+            **stage1, "latent_shape": list(autoencoder.latent_shape),
+            "scale_factor": scale_factor, "shift_factor": autoencoder.shift_factor,
+            "reconstruction_mae": float(np.mean(np.abs(reconstructions - train_x[:n]))),
+        }
+        images, speed = timed_generate(model.generate, n, steps=c.sampling_steps,
+                                       sampler="ddim", seed=seed, progress=progress)
+        entry["variants"]["latent"] = {"label": "Latent diffusion (hybrid)",
+                                       "steps": c.sampling_steps, "images_per_second": speed}
+        return entry, {"latent": images}
     raise ValueError(f"`model_name` must be one of {MODEL_NAMES}. Received: {model_name!r}")
 
 
@@ -414,6 +533,29 @@ def check_claims(results):
             None if share is None else share >= 0.5,
             f"{share:.0%} of its samples are near-copies of a training image "
             f"(mean nearest similarity {sim:.3f})" if share is not None else "not measured")
+    dpm = _variant(results, "diffusion", "dpm++")
+    if dpm and ddim and dpm.get("metrics") and ddim.get("metrics") \
+            and dpm["metrics"].get("kid_mean") is not None \
+            and ddim["metrics"].get("kid_mean") is not None:
+        pk, dk = dpm["metrics"]["kid_mean"], ddim["metrics"]["kid_mean"]
+        tolerance = max(dpm["metrics"].get("kid_std") or 0.0, ddim["metrics"].get("kid_std") or 0.0)
+        add(f"(Beyond the paper) DPM-Solver++ at {dpm['steps']} steps is no worse than DDIM at "
+            f"{ddim['steps']} steps (KID, within one subset std).", pk <= dk + tolerance,
+            f"KID DPM++-{dpm['steps']} {pk:.4f} vs DDIM-{ddim['steps']} {dk:.4f} (std "
+            f"{tolerance:.4f}); FID {dpm['metrics']['fid']:.2f} vs {ddim['metrics']['fid']:.2f}; "
+            f"{dpm['images_per_second']:.2f} vs {ddim['images_per_second']:.2f} img/s")
+    conditioned = [(v["label"], v["metrics"]["class_fidelity"])
+                   for entry in models.values() for v in entry.get("variants", {}).values()
+                   if v.get("conditional") and (v.get("metrics") or {}).get("class_fidelity")
+                   is not None]
+    if conditioned:
+        chance = 1.0 / NUM_CLASSES
+        add("(Beyond the paper) Class-conditional models generate the requested class "
+            f"(class fidelity above chance, {chance:.0%}).",
+            all(value > chance for _, value in conditioned),
+            "; ".join(f"{label} {value:.0%}" for label, value in conditioned)
+            + (f"; real held-out slices {results['classifier']['test_accuracy']:.0%}"
+               if results.get("classifier") else ""))
     if paper and from_noise:
         pf, nf = paper["metrics"].get("kid_mean"), from_noise["metrics"].get("kid_mean")
         if pf is not None and nf is not None:

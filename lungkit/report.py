@@ -26,7 +26,24 @@ METRIC_COLUMNS = (
     ("recall", "Recall", "{:.2f}"),
     ("ms_ssim_diversity", "MS-SSIM (lower = diverse)", "{:.3f}"),
     ("memorization_share", "Near-copies", "{:.0%}"),
+    ("class_fidelity", "Class fidelity", "{:.0%}"),
+    ("tstr_accuracy", "TSTR accuracy", "{:.0%}"),
 )
+# columns shown only when some row has a value (class-conditional runs)
+OPTIONAL_COLUMNS = ("class_fidelity", "tstr_accuracy")
+
+
+def _metric_columns(results):
+    """`METRIC_COLUMNS` less the optional ones that no model (nor the real row) measured."""
+    measured = [v.get("metrics") or {} for e in results["models"].values()
+                for v in e["variants"].values()] + [results.get("real_metrics") or {}]
+    return [column for column in METRIC_COLUMNS if column[0] not in OPTIONAL_COLUMNS
+            or any(m.get(column[0]) is not None for m in measured)]
+
+
+def sample_labels(variant):
+    """Class of each sample of a conditional variant (its samples are ordered by class)."""
+    return np.repeat(np.arange(len(CLASS_NAMES)), variant["class_counts"])
 
 
 def _fmt(value, pattern):
@@ -36,8 +53,9 @@ def _fmt(value, pattern):
 
 
 def _results_table(results):
+    columns = _metric_columns(results)
     header = ["Model", "Parameters", "s / epoch", "Train img/s", "Generate img/s"]
-    header += [title for _, title, _ in METRIC_COLUMNS]
+    header += [title for _, title, _ in columns]
     rows = []
     for entry in results["models"].values():
         for variant in entry["variants"].values():
@@ -46,16 +64,39 @@ def _results_table(results):
                    _fmt(entry["seconds_per_epoch"], "{:.2f}"),
                    _fmt(entry["train_images_per_second"], "{:.1f}"),
                    _fmt(variant["images_per_second"], "{:.3g}")]
-            row += [_fmt(metrics.get(key), pattern) for key, _, pattern in METRIC_COLUMNS]
+            row += [_fmt(metrics.get(key), pattern) for key, _, pattern in columns]
             if key_kid_std := metrics.get("kid_std"):
                 row[header.index("KID")] += f" ± {key_kid_std:.4f}"
             rows.append(row)
     real = results.get("real_metrics")
     if real:
         row = ["Real training images (reference)", "–", "–", "–", "–"]
-        row += [_fmt(real.get(key), pattern) for key, _, pattern in METRIC_COLUMNS]
+        row += [_fmt(real.get(key), pattern) for key, _, pattern in columns]
         rows.append(row)
     return header, rows
+
+
+def _class_table(results):
+    """Per-class fidelity of every conditional variant, with the real held-out reference."""
+    rows = []
+    for entry in results["models"].values():
+        for variant in entry["variants"].values():
+            metrics = variant.get("metrics") or {}
+            if not variant.get("conditional") or metrics.get("class_fidelity") is None:
+                continue
+            per_class = metrics.get("class_fidelity_per_class") or {}
+            rows.append([variant["label"]]
+                        + [_fmt(per_class.get(name), "{:.0%}") for name in CLASS_NAMES]
+                        + [_fmt(metrics["class_fidelity"], "{:.0%}"),
+                           _fmt(metrics.get("tstr_accuracy"), "{:.0%}")])
+    classifier = results.get("classifier")
+    if rows and classifier:
+        per_class = classifier.get("test_accuracy_per_class") or {}
+        tstr = (results.get("real_metrics") or {}).get("tstr_accuracy")
+        rows.append(["Real held-out slices (reference)"]
+                    + [_fmt(per_class.get(name), "{:.0%}") for name in CLASS_NAMES]
+                    + [_fmt(classifier["test_accuracy"], "{:.0%}"), _fmt(tstr, "{:.0%}")])
+    return ["Samples", *CLASS_NAMES, "Overall", "TSTR accuracy"], rows
 
 
 def _figures(results, samples, real, figures_dir):
@@ -108,6 +149,20 @@ def _figures(results, samples, real, figures_dir):
             viz.plot_history(history, path=path, title=title)
             made.append((path, f"Figure {number}. {title} per epoch."))
 
+    for entry in results["models"].values():  # conditional models: one row per class
+        for name, variant in entry["variants"].items():
+            if not variant.get("conditional") or name not in samples \
+                    or not variant.get("evaluate", True):
+                continue
+            labels = sample_labels(variant)
+            rows = {class_name: samples[name][labels == k][:8]
+                    for k, class_name in enumerate(CLASS_NAMES) if (labels == k).any()}
+            slug = "".join(ch if ch.isalnum() else "_" for ch in name)
+            path = figures_dir / f"class_samples_{slug}.png"
+            viz.comparison_figure(rows, path, ncols=8, title=variant["label"])
+            made.append((path, f"{variant['label']}: samples of each requested class, one row "
+                               "per class."))
+
     labels, speeds = [], []
     for entry in results["models"].values():
         for variant in entry["variants"].values():
@@ -157,6 +212,18 @@ def build_blocks(results, figures):
                                   for c in results["claims"]])))
     blocks.append(("h2", "Results"))
     blocks.append(("table", _results_table(results)))
+    header, rows = _class_table(results)
+    if rows:
+        classifier = results.get("classifier") or {}
+        blocks.append(("h2", "Class-conditional generation"))
+        blocks.append(("p", (
+            "Class fidelity: the share of samples that a classifier trained on the real "
+            f"training split (**{classifier.get('name', 'domain encoder')}**) assigns to the "
+            "class they were generated for (chance: 33%); the reference row is the same "
+            "classifier on the held-out real slices. TSTR: a classifier trained only on a "
+            "model's samples, tested on the held-out real slices (reference: trained on as "
+            "many real training slices).")))
+        blocks.append(("table", (header, rows)))
     blocks.append(("h2", "Figures"))
     for path, caption in figures:
         blocks.append(("figure", (path, caption)))

@@ -8,7 +8,9 @@ import pytest
 from lungkit import experiment
 
 TINY = dict(
-    image_size=32, channels=1, phantom_per_class=6, n_generate=8, features="domain",
+    # 2 of 6 slices per class held out: precision/recall need more than k = 3 real images
+    image_size=32, channels=1, phantom_per_class=6, test_fraction=0.34, n_generate=8,
+    features="domain",
     **{"vae.epochs": 2, "vae.batch_size": 8, "vae.latent_dim": 8, "vae.widths": (8, 16),
        "denoiser.epochs": 2, "denoiser.batch_size": 8, "denoiser.widths": (8, 16),
        "diffusion.epochs": 2, "diffusion.batch_size": 8, "diffusion.widths": (8, 16),
@@ -96,3 +98,36 @@ def test_compare_writes_every_artefact(tmp_path):
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)  # self-contained
     assert "claims" in (run / "report.md").read_text()
+
+
+def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
+    config = experiment.get_config(
+        "quick", name="tiny_conditional", conditional=True, models=("vae", "diffusion"),
+        **{**TINY, "n_generate": 9, "diffusion.dpm_steps": 4})
+    experiment.compare(config, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    saved = json.loads((run / "metrics.json").read_text())
+    variants = {**saved["models"]["vae"]["variants"], **saved["models"]["diffusion"]["variants"]}
+    assert set(variants) == {"vae", "ddim", "dpm++", "ddpm"}
+    for name in ("vae", "ddim", "dpm++"):
+        variant = variants[name]
+        assert variant["conditional"] and variant["class_counts"] == [3, 3, 3], name
+        metrics = variant["metrics"]
+        assert 0.0 <= metrics["class_fidelity"] <= 1.0 and 0.0 <= metrics["tstr_accuracy"] <= 1.0
+        assert set(metrics["class_fidelity_per_class"]) == {"Normal", "Benign", "Malignant"}
+    assert variants["dpm++"]["steps"] == 4 and "w=2" in variants["ddim"]["label"]
+    assert 0.0 <= saved["classifier"]["test_accuracy"] <= 1.0
+    assert saved["real_metrics"]["tstr_accuracy"] is not None
+    claims = [c["claim"] for c in saved["claims"]]
+    assert any("DPM-Solver++ at 4 steps" in c for c in claims)
+    assert any("requested class" in c for c in claims)
+    report = (run / "report.md").read_text()
+    assert "Class fidelity" in report and "TSTR accuracy" in report
+    assert "Class-conditional generation" in report
+    figures = {p.name for p in (run / "figures").glob("*.png")}
+    assert {"class_samples_vae.png", "class_samples_ddim.png", "class_samples_dpm__.png"} <= figures
+
+
+def test_conditional_labels_split_evenly_in_class_order():
+    np.testing.assert_array_equal(experiment.conditional_labels(7), [0, 0, 0, 1, 1, 2, 2])
+    assert np.bincount(experiment.conditional_labels(48)).tolist() == [16, 16, 16]
