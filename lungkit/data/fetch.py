@@ -335,3 +335,36 @@ def mount_drive(path="/content/drive", required=True):
 
     drive.mount(str(path))
     return Path(path) / "MyDrive"
+
+
+def prepare_data_dir(data_dir=None, source=None, root="data", phantom_per_class=40,
+                     phantom_size=512, seed=0, progress=True):
+    """The dataset folder a notebook or script should load: given, fetched, or the phantom set.
+
+    Args:
+        data_dir: an existing dataset folder (IQ-OTH/NCCD layout); returned as is.
+        source: used when `data_dir` is None: anything `fetch_dataset` accepts (a Drive file
+            id or link, `"kaggle:owner/name"`, a URL or a local zip, e.g. one on a mounted
+            Drive); it is fetched once into `root/"dataset"`.
+        root: folder for fetched and generated data.
+        phantom_per_class, phantom_size, seed: the phantom set written to `root/"phantom"`
+            when neither `data_dir` nor `source` is given (see `make_phantom_dataset`).
+        progress: show progress bars.
+
+    Returns:
+        `Path` of a folder to pass to `load_data`.
+    """
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"`data_dir` does not exist or is not a directory: "
+                                    f"{str(data_dir)!r}")
+        return data_dir
+    root = Path(root).expanduser()
+    if source:
+        return fetch_dataset(source, root / "dataset", progress=progress)
+    from lungkit.data.phantom import make_phantom_dataset  # data -> data: no cycle
+
+    logger.info("No data_dir or source: using the synthetic phantom set in %s", root / "phantom")
+    return make_phantom_dataset(root / "phantom", per_class=phantom_per_class, size=phantom_size,
+                                seed=seed, progress=progress)
