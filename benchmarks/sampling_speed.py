@@ -3,7 +3,9 @@
 Generation: VAE decoding (`VAE.generate`), the paper's denoiser (`UNetDenoiser.restore`, one
 pass), and `DiffusionModel.generate` with DDIM at 10 / 25 / 50 steps, DPM-Solver++ at 20 and
 the real 1000-step DDPM loop (on a small batch; DDIM-50 is timed again at that batch size so
-the DDPM / DDIM ratio compares equal batches). Training: images/s of `fit()` for each model.
+the DDPM / DDIM ratio compares equal batches), and the latent hybrid `LatentDiffusion` with
+DDIM-50 on its 8x smaller latent, decoding included. Training: images/s of `fit()` for the VAE,
+the denoiser and the diffusion model.
 Weights are random (untrained): speed does not depend on them. Each measurement follows a
 warm-up call (tracing) and is the best of `--repeats` runs, which resists load from other
 processes. Writes JSON to `--out` and a Markdown table beside it (`.md`).
@@ -26,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from lungkit.models.denoiser import UNetDenoiser  # noqa: E402
 from lungkit.models.diffusion import DiffusionModel  # noqa: E402
+from lungkit.models.latent import LatentDiffusion  # noqa: E402
 from lungkit.models.vae import VAE  # noqa: E402
 
 TARGET_DDIM_SPEEDUP = 15.0  # issue 5: DDIM-50 at least 15x faster per image than DDPM-1000
@@ -98,6 +101,11 @@ def run(args):
     for steps in (10, 25, 50):
         record("diffusion", f"DDIM {steps} steps", n,
                best_seconds(sampler("ddim", steps, n, args.batch), args.repeats), steps)
+    # The hybrid at its defaults (latent 8x smaller per side, 4 channels), decoding included.
+    latent = LatentDiffusion(image_size=size, channels=channels, seed=0)
+    record("latent", "DDIM 50 steps + decode", n,
+           best_seconds(lambda: latent.generate(n, steps=50, seed=0, batch_size=args.batch,
+                                                progress=False), args.repeats), 50)
     record("diffusion", "DPM-Solver++ 20 steps", n,
            best_seconds(sampler("dpm++", 20, n, args.batch), args.repeats), 20)
     small = args.ddpm_batch
@@ -130,7 +138,9 @@ def run(args):
         "ddim50_speedup_over_ddpm1000_per_image": speedup,
         "target_speedup": TARGET_DDIM_SPEEDUP, "target_met": bool(speedup >= TARGET_DDIM_SPEEDUP),
         "model_parameters": {"VAE": vae.count_params(), "denoiser": denoiser.count_params(),
-                             "diffusion (online network)": diffusion.network.count_params()},
+                             "diffusion (online network)": diffusion.network.count_params(),
+                             "latent (autoencoder)": latent.autoencoder.count_params(),
+                             "latent (online network)": latent.diffusion.network.count_params()},
     }
 
 

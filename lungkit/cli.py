@@ -106,6 +106,7 @@ MODELS = {
     "vae": "lungkit.models.vae:VAE",
     "denoiser": "lungkit.models.denoiser:UNetDenoiser",
     "diffusion": "lungkit.models.diffusion:DiffusionModel",
+    "latent": "lungkit.models.latent:LatentDiffusion",  # trains its autoencoder first
 }
 PHANTOM_DIR = Path("data/phantom")  # where `train` writes the phantom set without --data
 

@@ -6,8 +6,8 @@ the latent hybrid) under one config, times training and generation, evaluates ev
 samples against the held-out real images with `lungkit.metrics.evaluate`, checks the paper's
 claims against the measured numbers and writes the report (`lungkit.report`).
 
-With `conditional=True` the VAE and the DDPM are class-conditional (Sohn et al., 2015; Ho &
-Salimans, 2022): they generate `n_generate` samples split evenly over Normal / Benign /
+With `conditional=True` the VAE, the DDPM and the latent hybrid are class-conditional (Sohn
+et al., 2015; Ho & Salimans, 2022): they generate `n_generate` samples split evenly over Normal / Benign /
 Malignant, scored for class fidelity (a classifier trained on the real training split) and
 train-on-synthetic-test-on-real accuracy.
 
@@ -85,6 +85,8 @@ class LatentConfig:
     schedule: str = "cosine"  # Nichol & Dhariwal (2021)
     ema_decay: float = 0.999
     sampling_steps: int = 50  # DDIM steps, as the pixel-space diffusion's
+    class_dropout: float = 0.1  # conditional runs: as the pixel-space diffusion's
+    guidance: float = 2.0  # conditional runs: classifier-free guidance w of the samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +104,7 @@ class ExperimentConfig:
     features: str = "auto"  # FID/KID features: "auto" | "inception" | "domain"
     strategy: str = "auto"
     precision: str = "float32"
-    conditional: bool = False  # class-conditional VAE and DDPM, scored for class fidelity
+    conditional: bool = False  # class-conditional VAE, DDPM and hybrid, scored for fidelity
     vae: VAEConfig = VAEConfig()
     denoiser: DenoiserConfig = DenoiserConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -463,10 +465,12 @@ def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=Tru
                         "autoencoder", epochs=c.autoencoder_epochs)
         scale_factor = autoencoder.compute_scale_factor(train_x)
         reconstructions = autoencoder.reconstruct(train_x[:n])
+        conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
+            if config.conditional else {}
         model = LatentDiffusion(autoencoder, timesteps=c.timesteps, schedule=c.schedule,
                                 widths=c.widths, blocks_per_level=c.blocks_per_level,
                                 attention_levels=c.attention_levels, ema_decay=c.ema_decay,
-                                seed=seed)
+                                seed=seed, **conditional)
         entry = _train(model, c, train_x, train_y, out_dir / "diffusion", config,
                        "latent_diffusion", epochs=c.diffusion_epochs)
         stage1.pop("variants")
@@ -475,10 +479,16 @@ def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=Tru
             "scale_factor": scale_factor, "shift_factor": autoencoder.shift_factor,
             "reconstruction_mae": float(np.mean(np.abs(reconstructions - train_x[:n]))),
         }
+        options, title = {}, "Latent diffusion (hybrid)"
+        if config.conditional:
+            options = {"label": conditional_labels(n), "guidance": c.guidance}
+            title += f" (w={c.guidance:g})"
         images, speed = timed_generate(model.generate, n, steps=c.sampling_steps,
-                                       sampler="ddim", seed=seed, progress=progress)
-        entry["variants"]["latent"] = {"label": "Latent diffusion (hybrid)",
-                                       "steps": c.sampling_steps, "images_per_second": speed}
+                                       sampler="ddim", seed=seed, progress=progress, **options)
+        entry["variants"]["latent"] = {"label": title, "steps": c.sampling_steps,
+                                       "images_per_second": speed}
+        if options:
+            entry["variants"]["latent"].update(_conditional_variant(options["label"]))
         return entry, {"latent": images}
     raise ValueError(f"`model_name` must be one of {MODEL_NAMES}. Received: {model_name!r}")
 
