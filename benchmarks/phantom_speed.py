@@ -59,7 +59,10 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=120, help="slices to generate (all classes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/phantom_speed.json", help="JSON result file")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 6 slices of 128 px")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.count = 128, 6
 
     result = measure(args.size, args.count, args.seed)
     result.update({

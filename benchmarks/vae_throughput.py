@@ -16,34 +16,21 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks._common import Side, alternate, ratio  # noqa: E402
 from lungkit.models.vae import VAE, kl_divergence, reconstruction_loss  # noqa: E402
 
 PAPER_IMAGES = 1190  # IQ-OTH/NCCD, original release (Chen 2024 trains on it)
 PAPER_SECONDS_PER_EPOCH = 20  # Chen (2024): about 20 s per epoch on a Colab GPU at 128 px
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock and process CPU seconds of each epoch (`on_epoch_begin` to `on_epoch_end`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds, self.cpu_seconds = [], []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._cpu_start = time.perf_counter(), time.process_time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-        self.cpu_seconds.append(time.process_time() - self._cpu_start)
 
 
 def make_bare_step(model, optimizer, jit_compile):
@@ -81,23 +68,14 @@ def run(size, channels, batch_size, steps, epochs, latent_dim, jit_compile,
     bare_model = VAE(image_size=size, channels=channels, latent_dim=latent_dim, seed=0)
     bare_step = make_bare_step(bare_model, keras.optimizers.Adam(1e-4), jit_compile)
 
-    timer = EpochTimer()
-    bare_seconds, bare_cpu_seconds = [], []
-    for _ in range(epochs + 1):  # +1: the warm-up epoch of each side
-        fit_model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for batch in dataset:
-            loss = bare_step(batch)
-        float(loss)  # wait for the last step, as fit does when it reads its logs
-        bare_seconds.append(time.perf_counter() - start)
-        bare_cpu_seconds.append(time.process_time() - cpu_start)
-
-    # The fastest timed epoch is the least disturbed by other processes on a shared machine;
-    # CPU seconds of this process are a second, load-independent measure of the work done.
+    # Sides take turns one epoch at a time; the first epoch of each is a warm-up (tracing).
+    fit_side = Side.fit("fit", fit_model, dataset)
+    bare_side = Side.bare("bare", bare_step, dataset)
+    alternate([fit_side, bare_side], epochs)
     images_per_epoch = steps * batch_size
-    fit_s, bare_s = min(timer.seconds[1:]), min(bare_seconds[1:])
-    fit_cpu, bare_cpu = min(timer.cpu_seconds[1:]), min(bare_cpu_seconds[1:])
-    fit_ips, bare_ips = images_per_epoch / fit_s, images_per_epoch / bare_s
+    fit_ips = images_per_epoch / fit_side.best_seconds()
+    bare_ips = images_per_epoch / bare_side.best_seconds()
+    ratios = ratio(fit_side, bare_side)
     return {
         "image_shape": [size, size, channels], "batch_size": batch_size,
         "steps_per_epoch": steps, "timed_epochs": epochs, "latent_dim": latent_dim,
@@ -105,16 +83,15 @@ def run(size, channels, batch_size, steps, epochs, latent_dim, jit_compile,
         "parameters": fit_model.count_params(),
         "fit_images_per_second": round(fit_ips, 2),
         "bare_images_per_second": round(bare_ips, 2),
-        "ratio_fit_over_bare": round(fit_ips / bare_ips, 3),
-        "ratio_fit_over_bare_cpu_time": round(bare_cpu / fit_cpu, 3),
+        "ratio_fit_over_bare": ratios["best"],
+        "ratio_fit_over_bare_cpu_time": ratios["cpu"],
         # Each fit epoch against the bare epoch that ran right after it: drift in the load
         # from other processes cancels within a pair.
-        "paired_median_ratio_fit_over_bare": round(statistics.median(
-            b / f for f, b in zip(timer.seconds[1:], bare_seconds[1:], strict=True)), 3),
-        "fit_epoch_seconds": [round(s, 3) for s in timer.seconds],
-        "bare_epoch_seconds": [round(s, 3) for s in bare_seconds],
-        "fit_epoch_cpu_seconds": [round(s, 3) for s in timer.cpu_seconds],
-        "bare_epoch_cpu_seconds": [round(s, 3) for s in bare_cpu_seconds],
+        "paired_median_ratio_fit_over_bare": ratios["paired"],
+        "fit_epoch_seconds": [round(s, 3) for s in fit_side.seconds],
+        "bare_epoch_seconds": [round(s, 3) for s in bare_side.seconds],
+        "fit_epoch_cpu_seconds": [round(s, 3) for s in fit_side.cpu_seconds],
+        "bare_epoch_cpu_seconds": [round(s, 3) for s in bare_side.cpu_seconds],
         "seconds_per_epoch_1190_images_fit": round(PAPER_IMAGES / fit_ips, 1),
         "paper_seconds_per_epoch_colab_gpu": PAPER_SECONDS_PER_EPOCH,
         "device": (tf.config.list_physical_devices("GPU") or ["CPU"])[0].__str__(),
@@ -135,7 +112,11 @@ def main(argv=None):
                         help="XLA for both sides (default off, Keras' own choice on CPU)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--out", help="write the result as JSON here")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test settings: 32 px, batch 4, 2 steps, 1 timed epoch")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.batch_size, args.steps, args.epochs, args.latent_dim = 32, 4, 2, 1, 8
     result = run(args.size, args.channels, args.batch_size, args.steps, args.epochs,
                  args.latent_dim, args.jit == "on", args.steps_per_execution)
     text = json.dumps(result, indent=1)
