@@ -12,6 +12,9 @@ chosen for a process that may be SIGKILLed at any instant (a Colab session dropp
 4. `ResumableBackup` (Keras `BackupAndRestore` plus the models' RNG states) comes last: a
    kill after the CSV row but before the backup just repeats that epoch, and its row is
    replaced; the reverse order could lose a row.
+
+`lungkit.training.fit` adds `ShuffleEpoch`, which sets the epoch of `make_dataset` datasets
+before every epoch, so a resumed epoch `k` is shuffled as in an uninterrupted run.
 """
 
 import csv
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from lungkit.data.pipeline import set_shuffle_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -221,26 +226,67 @@ def _seed_generators(model):
     return generators
 
 
+def save_rng_states(model, backup_dir):
+    """Writes the states of the model's `SeedGenerator`s to `backup_dir/rng_state.npz`."""
+    states = {f"state_{i}": keras.ops.convert_to_numpy(g.state)
+              for i, g in enumerate(_seed_generators(model))}
+    np.savez(Path(backup_dir) / RNG_STATE_FILE, **states)
+
+
+def restore_rng_states(model, backup_dir):
+    """Restores what `save_rng_states` wrote (same model structure); False without a file."""
+    path = Path(backup_dir) / RNG_STATE_FILE
+    if not path.exists():
+        return False
+    states = np.load(path)
+    for i, generator in enumerate(_seed_generators(model)):
+        if f"state_{i}" in states:
+            generator.state.assign(states[f"state_{i}"])
+    return True
+
+
+class ShuffleEpoch(keras.callbacks.Callback):
+    """Pins the shuffle order of `make_dataset` datasets to the epoch number.
+
+    Their order is a pure function of `(seed, epoch)`; this sets the epoch before every
+    epoch (so a resumed run restarted at epoch `k` shuffles epoch `k` as an uninterrupted
+    one did, and no extra iterator moves it on), and at the end leaves each dataset on the
+    next epoch, advancing by itself again. Datasets without a shuffle epoch are ignored.
+
+    Args:
+        *datasets: the training (and validation) datasets given to `fit`.
+    """
+
+    def __init__(self, *datasets):
+        super().__init__()
+        self.datasets = [d for d in datasets if getattr(d, "epoch_variable", None) is not None]
+        self._next_epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for dataset in self.datasets:
+            set_shuffle_epoch(dataset, epoch)
+        self._next_epoch = epoch + 1
+
+    def on_train_end(self, logs=None):
+        for dataset in self.datasets:
+            set_shuffle_epoch(dataset, self._next_epoch, advance=True)
+
+
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` (weights, optimizer, epoch) that also restores the RNG states.
 
     Keras' backup skips `SeedGenerator` states, so a resumed VAE would redraw the noise of
-    earlier epochs; this saves them beside the weights. The tf.data shuffle order is not
-    restored: a resumed epoch `k` sees the order of epoch `k - resume_epoch`.
+    earlier epochs; this saves them beside the weights. The data order is restored by
+    `ShuffleEpoch` (the order of a `make_dataset` pass depends on the epoch only).
     """
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        path = Path(self.backup_dir) / RNG_STATE_FILE
         epoch = resume_epoch(self.backup_dir)
         if epoch is None:
             return
         logger.info("Resuming from the backup in %s at epoch %d", self.backup_dir, epoch)
-        if path.exists():
-            states = np.load(path)
-            for i, generator in enumerate(_seed_generators(self.model)):
-                if f"state_{i}" in states:
-                    generator.state.assign(states[f"state_{i}"])
+        restore_rng_states(self.model, self.backup_dir)
 
     def __init__(self, backup_dir, save_every=1, **kwargs):
         super().__init__(backup_dir, **kwargs)
@@ -251,9 +297,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             return
         super().on_epoch_end(epoch, logs)
         if self.save_freq == "epoch":
-            states = {f"state_{i}": keras.ops.convert_to_numpy(g.state)
-                      for i, g in enumerate(_seed_generators(self.model))}
-            np.savez(Path(self.backup_dir) / RNG_STATE_FILE, **states)
+            save_rng_states(self.model, self.backup_dir)
 
 
 def default_callbacks(out_dir, name="model", monitor="loss", mode="min", batch_size=None,

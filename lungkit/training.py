@@ -6,7 +6,9 @@
 - `fit(model, dataset, epochs, out_dir)` is `model.fit` with `default_callbacks` (last/best
   checkpoints, `BackupAndRestore`, CSV/TensorBoard logs, timing, NaN stop); a killed run
   started again with the same `out_dir` resumes at its last finished epoch, and the history
-  it returns is read back from `history.csv`, so it covers every epoch exactly once.
+  it returns is read back from `history.csv`, so it covers every epoch exactly once. It
+  sets the shuffle epoch of `make_dataset` datasets every epoch (`ShuffleEpoch`), so the
+  resumed epochs see the data order of an uninterrupted run.
 - `distributed_fit(...)` is the custom loop for `MultiWorkerMirroredStrategy`: Keras 3's
   `Model.fit` fails there on TF 2.21 (keras-team/keras#20585, "Attempt to convert a value
   (PerReplica...)"), so the loop calls each model's `gradient_step` through `strategy.run`.
@@ -33,12 +35,16 @@ from lungkit.callbacks import (  # noqa: F401  (re-exported: lungkit.training is
     BACKUP_DIR,
     HISTORY_FILE,
     FriendlyTerminateOnNaN,
+    ShuffleEpoch,
     TimingCallback,
     default_callbacks,
     read_history,
+    restore_rng_states,
     resume_epoch,
+    save_rng_states,
     trim_history,
 )
+from lungkit.data.pipeline import set_shuffle_epoch
 from lungkit.models.base import unpack_batch
 
 logger = logging.getLogger(__name__)
@@ -217,7 +223,8 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
         _ensure_built(model, model.distribute_strategy, dataset)
     model._initial_epoch = None  # an earlier restore must not leak into this run
     model.fit(dataset, epochs=epochs, validation_data=validation_data,
-              callbacks=[*defaults, *callbacks], steps_per_epoch=steps_per_epoch,
+              callbacks=[ShuffleEpoch(dataset, validation_data), *defaults, *callbacks],
+              steps_per_epoch=steps_per_epoch,
               verbose=verbose, initial_epoch=initial_epoch, shuffle=False)  # data shuffles
     history = _history(out_dir)
     done = len(history.get("epoch", []))
@@ -296,8 +303,9 @@ def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
     number of replicas (the optimizer sums the replicas' gradients: their mean results), and
     averages the losses for the logs. The chief writes `<name>.keras` and `history.csv`;
     other workers save into a temporary folder that they delete (the standard pattern, as
-    saving may take part in collective ops). Each worker keeps its own backup and resumes
-    from it after a crash.
+    saving may take part in collective ops). Each worker keeps its own backup (weights,
+    optimizer, RNG states) and resumes from it after a crash; the shuffle epoch of a
+    `make_dataset` dataset is set every epoch, as `fit` does.
 
     Args:
         model: a `GenerativeModel` built (or buildable) and compiled in `strategy.scope()`.
@@ -316,7 +324,8 @@ def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
     backup = out_dir / (BACKUP_DIR if chief else f"{BACKUP_DIR}_worker{task}")
     start = resume_epoch(backup) or 0
     if start:
-        model.load_weights(backup / "latest.weights.h5")
+        model.load_weights(backup / "latest.weights.h5")  # weights and optimizer
+        restore_rng_states(model, backup)
         logger.info("Resuming from %s at epoch %d", backup, start)
     if chief:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +344,7 @@ def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
     distributed = strategy.experimental_distribute_dataset(dataset)
     global_batch = batch_size_of(dataset)
     for epoch in range(start, epochs):
+        set_shuffle_epoch(dataset, epoch)  # the order of epoch `epoch`, resumed or not
         started, step_losses = time.perf_counter(), []
         for step, batch in enumerate(distributed):
             if steps_per_epoch is not None and step >= steps_per_epoch:
@@ -349,11 +359,13 @@ def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
         _save_epoch(model, out_dir, name, epoch, logs, chief)
         backup.mkdir(parents=True, exist_ok=True)
         model.save_weights(backup / "latest.weights.h5")
+        save_rng_states(model, backup)
         (backup / "training_metadata.json").write_text(json.dumps({"epoch": epoch + 1}))
         if verbose:
             logger.info("epoch %d/%d: %s", epoch + 1, epochs,
                         ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
     shutil.rmtree(backup, ignore_errors=True)
+    set_shuffle_epoch(dataset, epochs, advance=True)  # plain loops reshuffle again
     return _history(out_dir) if chief else history
 
 

@@ -6,6 +6,12 @@ than memory never becomes a Python list of arrays. DICOM and TIFF cannot be deco
 `tf.io`: a file list that holds any of them is decoded for all files by `load_image` inside
 `tf.numpy_function` (Pillow and pydicom, same pixels as `load_data`, parallel threads but
 bound by Python). This module must not import `lungkit.models`.
+
+Shuffling is a pure function of `(seed, epoch)`: pass `epoch` visits the images in the order
+`tf.random.experimental.index_shuffle(range(n), seed=[seed, epoch])`, a stateless permutation,
+so a run resumed at epoch `k` in a new process sees the order an uninterrupted run saw. The
+epoch comes from an int64 `tf.Variable` read when a pass starts (`dataset.epoch_variable`);
+`lungkit.training.fit` sets it at the start of every epoch (`set_shuffle_epoch`).
 """
 
 import hashlib
@@ -123,6 +129,89 @@ def _split_files(files, labels):
     return files, labels
 
 
+def _epoch_variables(epoch_variable):
+    """`(epoch, step)`: the variable a pass reads its epoch from, and the int64 0/1 variable it
+    then adds to it (None for a caller's variable, which is only read)."""
+    if epoch_variable is not None:
+        if (not isinstance(epoch_variable, tf.Variable) or epoch_variable.shape.rank != 0
+                or not epoch_variable.dtype.is_integer):
+            raise TypeError(f"`epoch_variable` must be a scalar integer tf.Variable. Received: "
+                            f"epoch_variable={epoch_variable!r}")
+        return epoch_variable, None
+    with tf.device("/cpu:0"):  # tf.data reads it on the host, also when GPUs are present
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="shuffle_epoch")
+        step = tf.Variable(1, dtype=tf.int64, trainable=False, name="shuffle_epoch_step")
+    return epoch, step
+
+
+def _pass_epochs(epoch, step, repeat):
+    """int64 epoch number of each pass of one iteration: read from `epoch` (and advanced by
+    `step`) once, when the iteration starts; with `repeat`, counting up from there."""
+
+    def start(_):
+        if step is None:
+            return tf.cast(epoch.read_value(), tf.int64)
+        advance = step.read_value()
+        return epoch.assign_add(advance) - advance
+
+    first = tf.data.Dataset.range(1).map(start)
+    return first.flat_map(tf.data.Dataset.counter) if repeat else first
+
+
+def _permutation(size, seed, epoch):
+    """int64 `(size,)`: the stateless permutation of `range(size)` for `(seed, epoch)`."""
+    size = tf.cast(size, tf.int64)
+    return tf.random.experimental.index_shuffle(
+        tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+        max_index=tf.maximum(size - 1, 0))
+
+
+def _shuffled_indices(count, seed, epoch, step, repeat):
+    """Dataset of int64 indices into `count` items, each pass permuted by its epoch."""
+    return _pass_epochs(epoch, step, repeat).flat_map(
+        lambda e: tf.data.Dataset.from_tensor_slices(_permutation(count, seed, e)))
+
+
+def _shuffled_cache(cached, count, seed, epoch, step, repeat):
+    """Each pass of `cached` (decoded tuples, file order) permuted by its epoch.
+
+    A pass loads the whole cached set as one batch (the memory a full shuffle buffer needs)
+    and permutes it, so files dropped as unreadable change only the permutation's size.
+    """
+
+    def one_pass(pass_epoch):
+        def permute(*parts):
+            order = _permutation(tf.shape(parts[0])[0], seed, pass_epoch)
+            return tuple(tf.gather(part, order) for part in parts)
+
+        return cached.batch(count).map(permute).unbatch()
+
+    return _pass_epochs(epoch, step, repeat).flat_map(one_pass)
+
+
+def set_shuffle_epoch(dataset, epoch, advance=False):
+    """Makes the next pass of a shuffled `make_dataset` dataset use the order of `epoch`.
+
+    Args:
+        dataset: a dataset from `make_dataset(shuffle=True)`; others are left alone.
+        epoch: int >= 0, the epoch whose order the next pass (each new iterator) takes.
+        advance: let each new pass move the epoch on by one, as plain loops need (the default
+            of a new dataset); False pins it, so extra iterators (Keras' look-ahead, a
+            `take(1)` peek) cannot move it; `lungkit.training.fit` pins it every epoch.
+
+    Returns:
+        True if `dataset` has a shuffle epoch (was set), else False.
+    """
+    variable = getattr(dataset, "epoch_variable", None)
+    if variable is None:
+        return False
+    variable.assign(epoch)
+    step = getattr(dataset, "_shuffle_epoch_step", None)  # None: the caller's own variable
+    if step is not None:
+        step.assign(int(bool(advance)))
+    return True
+
+
 def _check_arrays(images):
     images = np.asarray(images)
     if images.ndim == 3:  # (N, H, W) grayscale
@@ -143,18 +232,24 @@ def _check_arrays(images):
 
 def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_size=128,
                  channels=3, shuffle=True, seed=0, cache=None, repeat=False,
-                 drop_remainder=False, with_labels=False):
+                 drop_remainder=False, with_labels=False, epoch_variable=None):
     """Builds a batched, shuffled, prefetched `tf.data.Dataset` of images in [0, 1].
 
     Give either `images` (in memory) or `files` (streamed). Arrays stay uint8 inside the
     pipeline and are gathered a batch at a time. Files are decoded in parallel (see module
     docstring for DICOM/TIFF) and resized with an antialiased Lanczos filter; files that
     cannot be decoded are dropped with a logged warning (TensorFlow's); with `cache`
-    the decoded uint8 images are cached once and shuffled in a buffer of the whole dataset.
+    the decoded uint8 images are cached once and each pass permutes the whole cached set
+    in memory (as a full shuffle buffer would hold it).
 
-    Shuffling is deterministic for a given `seed` (and TensorFlow global seed, which
-    `keras.utils.set_random_seed` sets) and differs each time the dataset is iterated
-    (each epoch); the order within each pass is reproducible run to run.
+    Shuffling depends on `(seed, epoch)` only (not on TensorFlow's global seed): each pass
+    (each new iterator) reads its epoch from `dataset.epoch_variable` when it starts, so
+    a run resumed at epoch `k` in a new process sees the order of an uninterrupted run.
+    By default every pass also moves the epoch on by one, so plain loops reshuffle each
+    pass; `lungkit.training.fit` instead sets the epoch number itself before every epoch
+    (`set_shuffle_epoch`), and so should custom loops that resume. A transformed dataset
+    (`.map`, `.take`, ...) is a new object without the attribute: give `fit` the dataset
+    as returned, or keep the variable and set it yourself.
 
     Args:
         images: uint8 `(N, H, W, C)` or float `(N, H, W, C)` in [0, 1], C in {1, 3}.
@@ -165,16 +260,23 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         image_size: output side in pixels (arrays of another size are resized).
         channels: 1 (channel mean) or 3.
         shuffle: shuffle the order each pass.
-        seed: shuffle seed.
+        seed: int shuffle seed; None draws one (logged).
         cache: None, "memory", or a path prefix / folder for an on-disk cache of decoded files
             (the file name includes size, channels and a hash of the file list).
         repeat: repeat forever (then pass `steps_per_epoch` to `fit`).
         drop_remainder: drop a last, smaller batch (gives a static batch dimension).
         with_labels: yield `(images, labels)` with int32 labels instead of `images` alone.
+        epoch_variable: with `shuffle`, a scalar integer `tf.Variable` (on the CPU) that you
+            set to the epoch number before each pass; the dataset only reads it. None: the
+            dataset makes its own int64 one, starting at 0 and advanced by one per pass.
+            Either way it is `dataset.epoch_variable`. With `repeat`, one iterator reads
+            it once and numbers its passes on from there, so a resumed run matches an
+            uninterrupted one when each epoch is one pass (`steps_per_epoch * batch_size`
+            equal to the image count).
 
     Returns:
         `tf.data.Dataset` of float32 `(B, image_size, image_size, channels)` in [0, 1]
-        (and int32 `(B,)`).
+        (and int32 `(B,)`). With `shuffle`, it has the attribute `epoch_variable`.
     """
     _check_int("batch_size", batch_size, 1)
     _check_int("image_size", image_size, 1)
@@ -184,6 +286,15 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         raise ValueError("Pass exactly one of `images` (arrays) or `files` (paths to stream).")
     if cache is not None and not isinstance(cache, (str, Path)):
         raise TypeError(f"`cache` must be None, 'memory' or a path. Received: {cache!r}")
+    epoch = step = None
+    if shuffle:
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31))
+            logger.info("Shuffle seed drawn: %d (pass `seed` to repeat this order)", seed)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        seed = int(seed)
+        epoch, step = _epoch_variables(epoch_variable)
     if files is not None:
         files, labels = _split_files(files, labels)
     else:
@@ -207,17 +318,21 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
             logger.info("`cache`=%r ignored: in-memory arrays need no cache.", cache)
         images_t = tf.convert_to_tensor(images)
         labels_t = tf.convert_to_tensor(labels) if with_labels else None
-        dataset = tf.data.Dataset.range(count)
         if shuffle:
-            dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            dataset = dataset.repeat()
+            dataset = _shuffled_indices(count, seed, epoch, step, repeat)
+        else:
+            dataset = tf.data.Dataset.range(count)
+            dataset = dataset.repeat() if repeat else dataset
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         dataset = dataset.map(
             lambda index: finish(tf.gather(images_t, index),
                                  None if labels_t is None else tf.gather(labels_t, index)),
             num_parallel_calls=AUTOTUNE, deterministic=True)
-        return dataset.prefetch(AUTOTUNE)
+        batches = (tf.data.INFINITE_CARDINALITY if repeat else count // batch_size
+                   if drop_remainder else -(-count // batch_size))
+        # flat_map hides the length; Keras uses it for progress bars and epoch ends
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+        return _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
 
     native = all(Path(f).suffix.lower() in TF_DECODABLE for f in files)
     decode_file = _decode_file_tf if native else _decode_file_numpy
@@ -233,7 +348,9 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
 
     if cache is None:
         if shuffle:
-            dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+            items = tuple(tf.constant(part) for part in slices)
+            dataset = _shuffled_indices(count, seed, epoch, step, repeat).map(
+                lambda index: tuple(tf.gather(part, index) for part in items))
         # Unreadable files are dropped with a logged warning, as load_data skips them.
         dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
         dataset = dataset.ignore_errors(log_warning=True)
@@ -242,9 +359,16 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         dataset = dataset.ignore_errors(log_warning=True).cache("" if cache == "memory"
                                 else _cache_path(cache, files, image_size, channels))
         if shuffle:
-            dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
+            dataset = _shuffled_cache(dataset, count, seed, epoch, step, repeat)
+    if repeat and not shuffle:  # shuffled passes repeat by themselves
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return dataset.prefetch(AUTOTUNE)
+    return _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
+
+
+def _with_epoch(dataset, epoch, step):
+    """Exposes the shuffle epoch variables on the returned dataset (for `set_shuffle_epoch`)."""
+    if epoch is not None:
+        dataset.epoch_variable, dataset._shuffle_epoch_step = epoch, step
+    return dataset
