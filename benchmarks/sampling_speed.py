@@ -178,7 +178,12 @@ def main():
     parser.add_argument("--train-steps", type=int, default=4, help="batches per epoch")
     parser.add_argument("--train-epochs", type=int, default=2, help="timed epochs")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/sampling_speed.json"))
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest settings (32 px, tiny batches): a smoke run, not a measurement")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.batch, args.ddpm_batch, args.repeats = 32, 2, 1, 1
+        args.train_batch, args.train_steps, args.train_epochs = 2, 2, 1
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -234,7 +234,7 @@ def add_train_commands(subparsers):
     train.add_argument("--data", default=None, help="dataset folder (default: phantom set)")
     train.add_argument("--size", type=int, default=128, help="image side in pixels (128)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=3,
-                       help="3 (RGB, the paper) or 1 (grayscale, about 3x cheaper)")
+                       help="3 (RGB, the paper) or 1 (grayscale, a third of the data and memory)")
     train.add_argument("--epochs", type=int, default=10, help="total epochs (10)")
     train.add_argument("--batch-size", type=int, default=32,
                        help="per replica; the global batch is this x replicas (32)")
@@ -335,7 +335,7 @@ def _add_experiment_options(parser):
     parser.add_argument("--size", dest="image_size", type=int, default=None,
                         help="image size in pixels (default: the preset's)")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                        help="1 (grayscale, 3x cheaper) or 3 (RGB, as the paper)")
+                        help="1 (grayscale: a third of the data and memory) or 3 (RGB, as the paper)")
     parser.add_argument("-n", "--n-generate", dest="n_generate", type=int, default=None,
                         help="samples per model for the metrics")
     parser.add_argument("--limit", type=int, default=None, help="at most N images per class")

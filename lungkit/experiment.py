@@ -94,7 +94,7 @@ class ExperimentConfig:
     name: str = "compare"
     data_dir: str | None = None  # None: the built-in phantom set (generated under runs/)
     image_size: int = 128  # the paper's size
-    channels: int = 3  # the paper loads RGB; 1 is 3x cheaper and loses nothing on CT
+    channels: int = 3  # the paper loads RGB; 1 holds a third of the data and loses nothing on CT
     test_fraction: float = 0.2  # held out for FID/KID; split by file, not by patient
     limit: int | None = None  # at most this many images per class
     phantom_per_class: int = 40
