@@ -159,6 +159,18 @@ def _to_float(cell):
         return math.nan
 
 
+def _finish(fig, path=None, title=None):
+    """Adds the title, saves `fig` to `path` when given (PNG by suffix), returns it."""
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        logger.info("Wrote %s", path)
+    return fig
+
+
 def _read_history(history):
     """`{name: list of floats}` and epochs (1-based) from a dict, a Keras History or a CSV."""
     if hasattr(history, "history"):
@@ -218,14 +230,7 @@ def plot_history(history, keys=None, path=None, title=None):
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        logger.info("Wrote %s", path)
-    return fig
+    return _finish(fig, path, title)
 
 
 def comparison_figure(rows, path=None, ncols=8, title=None):
@@ -260,14 +265,7 @@ def comparison_figure(rows, path=None, ncols=8, title=None):
             if c < len(images):
                 ax.imshow(images[c], interpolation="nearest")
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        logger.info("Wrote %s", path)
-    return fig
+    return _finish(fig, path, title)
 
 
 def bar_chart(labels, values, path=None, xlabel=None, title=None, log=False):
@@ -305,9 +303,4 @@ def bar_chart(labels, values, path=None, xlabel=None, title=None, log=False):
     if title:
         ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        logger.info("Wrote %s", path)
-    return fig
+    return _finish(fig, path)

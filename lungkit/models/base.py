@@ -81,6 +81,6 @@ class GenerativeModel(keras.Model):
 
     def record(self, losses):
         """Updates the trackers with `losses` and returns their running means."""
-        for tracker, value in zip(self.trackers, losses):
+        for tracker, value in zip(self.trackers, losses, strict=False):
             tracker.update_state(keras.ops.cast(value, "float32"))
         return {tracker.name: tracker.result() for tracker in self.trackers}
