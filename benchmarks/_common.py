@@ -191,3 +191,14 @@ def gpu_peak_mib(reset=False):
 def load_average():
     """The 1-minute load average (None where the OS has none)."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def best_seconds(function, repeats):
+    """Calls `function` once to warm up (tracing), then `repeats` times; the fastest wall time."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)

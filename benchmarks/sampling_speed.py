@@ -17,32 +17,24 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks._common import best_seconds  # noqa: E402
 from lungkit.models.denoiser import UNetDenoiser  # noqa: E402
 from lungkit.models.diffusion import DiffusionModel  # noqa: E402
 from lungkit.models.latent import LatentDiffusion  # noqa: E402
 from lungkit.models.vae import VAE  # noqa: E402
 
 TARGET_DDIM_SPEEDUP = 15.0  # issue 5: DDIM-50 at least 15x faster per image than DDPM-1000
-
-
-def best_seconds(function, repeats):
-    """Calls `function` once to warm up, then `repeats` times; returns the fastest wall time."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 class EpochTimer(keras.callbacks.Callback):

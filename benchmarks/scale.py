@@ -76,19 +76,11 @@ def build_model(name, size, channels=3, policy="float32", jit=False, quick=False
     return model
 
 
-def _best_seconds(function, repeats):
-    function()  # warm-up: tracing
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def generation_rows(name, model, size, args):
     """Images/s of each model's sampler (untrained weights: speed does not depend on them)."""
     import numpy as np
+
+    from benchmarks._common import best_seconds
 
     n, rows = args.gen_batch, []
 
@@ -98,11 +90,11 @@ def generation_rows(name, model, size, args):
                      "ms_per_call": round(1000 * seconds / calls, 1), "note": note})
 
     if name == "vae":
-        row("decode (generate)", _best_seconds(lambda: model.generate(n, seed=0, batch_size=n), 3), 1)
+        row("decode (generate)", best_seconds(lambda: model.generate(n, seed=0, batch_size=n), 3), 1)
     elif name == "denoiser":
         noisy = np.random.default_rng(0).random((n, size, size, model.channels), dtype=np.float32)
         row("restore (1 pass)",
-            _best_seconds(lambda: model.restore(noisy, steps=1, batch_size=n), 3), 1)
+            best_seconds(lambda: model.restore(noisy, steps=1, batch_size=n), 3), 1)
     else:
         def ddim(steps):
             return lambda: model.generate(n, steps=steps, sampler="ddim", seed=0, batch_size=n,

@@ -68,3 +68,16 @@ def make_iq_dir(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture
+def dataset_zip(make_iq_dir, tmp_path):
+    """A zip of a 2-per-class dataset, with the Kaggle-style top folder."""
+    import zipfile
+
+    root = make_iq_dir(per_class=2, size=16)
+    archive = tmp_path / "iq.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for path in sorted(root.rglob("*")):
+            out.write(path, path.relative_to(root).as_posix())
+    return archive

@@ -3,7 +3,6 @@
 import json
 import sys
 import types
-import zipfile
 
 import pytest
 
@@ -39,16 +38,6 @@ def test_data_phantom_passes_its_options(monkeypatch, tmp_path, capsys):
     assert main(args) == 0
     assert calls == [(str(tmp_path / "p"), 3, 32, 7)]
     assert capsys.readouterr().out.strip() == str(tmp_path / "phantom")
-
-
-@pytest.fixture
-def dataset_zip(make_iq_dir, tmp_path):
-    root = make_iq_dir(per_class=2, size=16)
-    archive = tmp_path / "iq.zip"
-    with zipfile.ZipFile(archive, "w") as out:
-        for path in sorted(root.rglob("*")):
-            out.write(path, path.relative_to(root).as_posix())
-    return archive
 
 
 def test_data_fetch_then_info(dataset_zip, tmp_path, capsys):

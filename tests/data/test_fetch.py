@@ -17,17 +17,6 @@ from lungkit.data.images import load_data
 
 
 @pytest.fixture
-def dataset_zip(make_iq_dir, tmp_path):
-    """A zip of a 2-per-class dataset, with the Kaggle-style top folder."""
-    root = make_iq_dir(per_class=2, size=16)
-    archive = tmp_path / "iq.zip"
-    with zipfile.ZipFile(archive, "w") as out:
-        for path in sorted(root.rglob("*")):
-            out.write(path, path.relative_to(root).as_posix())
-    return archive
-
-
-@pytest.fixture
 def server(dataset_zip):
     """An HTTP server on 127.0.0.1 serving the zip's folder; `.requests` lists each GET path."""
     requests = []
