@@ -4,7 +4,8 @@
 split, trains the paper's VAE, the paper's U-Net denoiser and a true DDPM (and, when asked,
 the latent hybrid) under one config, times training and generation, evaluates every model's
 samples against the held-out real images with `lungkit.metrics.evaluate`, checks the paper's
-claims against the measured numbers and writes the report (`lungkit.report`).
+claims against the measured numbers and writes the report (`lungkit.report`). Training and
+sampling each model is `lungkit.runners.train_and_sample`.
 
 With `conditional=True` the VAE, the DDPM and the latent hybrid are class-conditional (Sohn
 et al., 2015; Ho & Salimans, 2022): they generate `n_generate` samples split evenly over Normal / Benign /
@@ -24,10 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lungkit.runners import (  # noqa: F401 - conditional_labels, timed_generate re-exported
+    NUM_CLASSES,
+    conditional_labels,
+    timed_generate,
+    train_and_sample,
+)
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("vae", "denoiser", "diffusion", "latent")
-NUM_CLASSES = 3  # Normal, Benign, Malignant (lungkit.data.images.CLASS_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,38 +230,6 @@ def load_split(config, out_dir):
     return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], info
 
 
-def conditional_labels(n, num_classes=NUM_CLASSES):
-    """Labels for `n` class-conditional samples: the classes in turn, evenly, in order.
-
-    Returns:
-        int32 `(n,)`, sorted, each class `n // num_classes` or one more times.
-    """
-    return (np.arange(n) * num_classes // n).astype(np.int32)
-
-
-def _conditional_variant(labels):
-    """The variant-dict keys that mark samples as conditional (read by `compare` and report)."""
-    return {"conditional": True,
-            "class_counts": np.bincount(labels, minlength=NUM_CLASSES).tolist()}
-
-
-def timed_generate(generate, n, **kwargs):
-    """Calls `generate(n, **kwargs)` once to warm up on 2 images, then times `n` images.
-
-    A per-image `label` sequence is cut to the warm-up's size.
-
-    Returns `(images, images_per_second)`.
-    """
-    warm = dict(kwargs)
-    if isinstance(warm.get("label"), (list, tuple, np.ndarray)):
-        warm["label"] = warm["label"][: min(2, n)]
-    generate(min(2, n), **warm)  # traces and compiles the sampling step
-    start = time.perf_counter()
-    images = np.asarray(generate(n, **kwargs))
-    elapsed = time.perf_counter() - start
-    return images, n / max(elapsed, 1e-9)
-
-
 def compare(config=None, out_dir=None, progress=True):
     """Runs the comparison experiment and writes its report.
 
@@ -343,157 +318,11 @@ def _class_classifier(extractor, train_x, train_y, cache_dir):
     """The classifier that scores class fidelity: the domain encoder trained on the real
     training split (the FID/KID extractor itself when it is one; InceptionV3 knows no CT
     classes, so then a domain encoder is trained for this alone)."""
-    from lungkit.features import DomainEncoder
+    from lungkit.domain_encoder import DomainEncoder
 
     if hasattr(extractor, "predict_labels"):
         return extractor
     return DomainEncoder.fit(train_x, train_y, cache_dir=cache_dir)
-
-
-def _train(model, config_section, train_x, train_y, out_dir, config, name, epochs=None):
-    """Compiles `model` with Adam, fits it with lungkit's callbacks, returns the entry dict.
-
-    Trains `epochs` epochs, default `config_section.epochs`.
-    """
-    import keras
-
-    from lungkit import training
-    from lungkit.data.pipeline import make_dataset
-
-    model.compile(optimizer=keras.optimizers.Adam(config_section.learning_rate))
-    dataset = make_dataset(
-        train_x, train_y, batch_size=config_section.batch_size, image_size=config.image_size,
-        channels=config.channels, shuffle=True, seed=config.seed,
-        with_labels=getattr(model, "num_classes", None) is not None,
-    )
-    epochs = config_section.epochs if epochs is None else epochs
-    history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
-    seconds = list(history.get("epoch_seconds", []))
-    steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch includes tracing
-    return {
-        "parameters": int(model.count_params()),
-        "epochs": epochs,
-        "seconds_per_epoch": float(np.mean(steady)) if steady else float("nan"),
-        "first_epoch_seconds": float(seconds[0]) if seconds else float("nan"),
-        "train_images_per_second": float(np.mean(history.get("images_per_second", [np.nan])[1:]
-                                                 or history.get("images_per_second", [np.nan]))),
-        "history": {k: [float(x) for x in v] for k, v in history.items()},
-        "variants": {},
-    }
-
-
-def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=True):
-    """Trains one model of the comparison and generates its samples.
-
-    Returns `(entry, samples)`: the model's results dict (timings, history, one entry per
-    sampling variant) and `{variant: float32 images in [0, 1]}`.
-    """
-    out_dir = Path(out_dir)
-    image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
-    if model_name == "vae":
-        from lungkit.models.vae import VAE
-
-        c = config.vae
-        conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
-            if config.conditional else {}
-        model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
-                    widths=c.widths, beta=c.beta, seed=seed, **conditional)
-        entry = _train(model, c, train_x, train_y, out_dir, config, "vae")
-        labels = {"label": conditional_labels(n)} if config.conditional else {}
-        images, speed = timed_generate(model.generate, n, seed=seed, **labels)
-        entry["variants"]["vae"] = {"label": "Conditional VAE" if labels else "VAE", "steps": 1,
-                                    "images_per_second": speed}
-        if labels:
-            entry["variants"]["vae"].update(_conditional_variant(labels["label"]))
-        return entry, {"vae": images}
-    if model_name == "denoiser":
-        from lungkit.models.denoiser import UNetDenoiser
-
-        c = config.denoiser
-        model = UNetDenoiser(image_size=image_size, channels=channels, noise_std=c.noise_std,
-                             widths=c.widths, seed=seed)
-        entry = _train(model, c, train_x, train_y, out_dir, config, "denoiser")
-        pick = np.random.default_rng(seed).choice(len(train_x), size=n, replace=len(train_x) < n)
-        paper, paper_speed = timed_generate(model.generate, n, source_images=train_x[pick],
-                                            seed=seed, progress=progress)
-        noise, noise_speed = timed_generate(model.generate, n, seed=seed, progress=progress)
-        entry["variants"]["denoiser_paper"] = {
-            "label": "Denoiser (paper: noised training images)", "steps": 1,
-            "images_per_second": paper_speed}
-        entry["variants"]["denoiser_noise"] = {
-            "label": "Denoiser from pure noise", "steps": 1, "images_per_second": noise_speed}
-        return entry, {"denoiser_paper": paper, "denoiser_noise": noise}
-    if model_name == "diffusion":
-        from lungkit.models.diffusion import DiffusionModel
-
-        c = config.diffusion
-        conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
-            if config.conditional else {}
-        model = DiffusionModel(image_size=image_size, channels=channels, timesteps=c.timesteps,
-                               schedule=c.schedule, widths=c.widths,
-                               blocks_per_level=c.blocks_per_level,
-                               attention_levels=c.attention_levels, ema_decay=c.ema_decay,
-                               seed=seed, **conditional)
-        entry = _train(model, c, train_x, train_y, out_dir, config, "diffusion")
-
-        def sample(name, title, count, steps, sampler, **extra):
-            """Generates, times and describes one sampler's images."""
-            options = {}
-            if config.conditional:
-                options = {"label": conditional_labels(count), "guidance": c.guidance}
-                title += f" (w={c.guidance:g})"
-            images, speed = timed_generate(model.generate, count, steps=steps, sampler=sampler,
-                                           seed=seed, progress=progress, **options)
-            entry["variants"][name] = {"label": title, "steps": steps,
-                                       "images_per_second": speed, **extra}
-            if options:
-                entry["variants"][name].update(_conditional_variant(options["label"]))
-            return images
-
-        ddim = sample("ddim", f"DDIM-{c.sampling_steps}", n, c.sampling_steps, "ddim")
-        dpm = sample("dpm++", f"DPM-Solver++-{c.dpm_steps}", n, c.dpm_steps, "dpm++")
-        # too few DDPM images for distribution metrics: timed and shown only
-        ddpm = sample("ddpm", f"DDPM-{c.timesteps}", c.ddpm_timing_images, c.timesteps, "ddpm",
-                      evaluate=False)
-        return entry, {"ddim": ddim, "dpm++": dpm, "ddpm": ddpm}
-    if model_name == "latent":
-        from lungkit.models.latent import LatentAutoencoder, LatentDiffusion
-
-        c = config.latent
-        autoencoder = LatentAutoencoder(image_size=image_size, channels=channels,
-                                        latent_channels=c.latent_channels,
-                                        widths=c.autoencoder_widths, kl_weight=c.kl_weight,
-                                        seed=seed)
-        stage1 = _train(autoencoder, c, train_x, train_y, out_dir / "autoencoder", config,
-                        "autoencoder", epochs=c.autoencoder_epochs)
-        scale_factor = autoencoder.compute_scale_factor(train_x)
-        reconstructions = autoencoder.reconstruct(train_x[:n])
-        conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
-            if config.conditional else {}
-        model = LatentDiffusion(autoencoder, timesteps=c.timesteps, schedule=c.schedule,
-                                widths=c.widths, blocks_per_level=c.blocks_per_level,
-                                attention_levels=c.attention_levels, ema_decay=c.ema_decay,
-                                seed=seed, **conditional)
-        entry = _train(model, c, train_x, train_y, out_dir / "diffusion", config,
-                       "latent_diffusion", epochs=c.diffusion_epochs)
-        stage1.pop("variants")
-        entry["autoencoder"] = {
-            **stage1, "latent_shape": list(autoencoder.latent_shape),
-            "scale_factor": scale_factor, "shift_factor": autoencoder.shift_factor,
-            "reconstruction_mae": float(np.mean(np.abs(reconstructions - train_x[:n]))),
-        }
-        options, title = {}, "Latent diffusion (hybrid)"
-        if config.conditional:
-            options = {"label": conditional_labels(n), "guidance": c.guidance}
-            title += f" (w={c.guidance:g})"
-        images, speed = timed_generate(model.generate, n, steps=c.sampling_steps,
-                                       sampler="ddim", seed=seed, progress=progress, **options)
-        entry["variants"]["latent"] = {"label": title, "steps": c.sampling_steps,
-                                       "images_per_second": speed}
-        if options:
-            entry["variants"]["latent"].update(_conditional_variant(options["label"]))
-        return entry, {"latent": images}
-    raise ValueError(f"`model_name` must be one of {MODEL_NAMES}. Received: {model_name!r}")
 
 
 def _variant(results, model, variant):

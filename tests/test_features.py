@@ -1,5 +1,6 @@
-"""Tests for lungkit.features: extractor choice without network, the cached domain encoder,
-and that its features rank real, noisy, blurred and random images as a distance should."""
+"""Tests for lungkit.features and lungkit.domain_encoder: extractor choice without network, the
+cached domain encoder, and that its features rank real, noisy, blurred and random images as a
+distance should."""
 
 import logging
 import os
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from toy_data import class_images
 
+from lungkit import domain_encoder as D
 from lungkit import features as F
 from lungkit import metrics as M
 
@@ -133,7 +135,7 @@ def test_domain_encoder_trains_caches_and_reloads(tmp_path):
 def test_cache_key_carries_the_encoder_version(tmp_path, monkeypatch):
     images, labels = class_images(2)
     encoder = F.DomainEncoder.fit(images, labels, cache_dir=tmp_path, **FAST)
-    monkeypatch.setattr(F, "DOMAIN_ENCODER_VERSION", F.DOMAIN_ENCODER_VERSION + 1)
+    monkeypatch.setattr(D, "DOMAIN_ENCODER_VERSION", D.DOMAIN_ENCODER_VERSION + 1)
     newer = F.DomainEncoder.fit(images, labels, cache_dir=tmp_path, **FAST)
     assert newer.name != encoder.name and not newer.loaded_from_cache
 

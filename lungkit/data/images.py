@@ -2,7 +2,9 @@
 
 Owns the class names and labels, where a dataset's class folders are, the order files are read
 in, how any image file becomes an RGB uint8 array of a given size (Chen, 2024 resizes every
-slice to 128x128 RGB), and `dataset_info` for `lungkit data info`.
+slice to 128x128 RGB), and `dataset_info` for `lungkit data info`. DICOM reading and HU
+windowing live in `lungkit.data.dicom`; `LUNG_WINDOW`, `read_dicom_hu` and `window_to_uint8`
+are re-exported here.
 
 The IQ-OTH/NCCD dataset (Alyasriy & Al-Huseiny, 2020; Kaggle
 `hamdallak/the-iqothnccd-lung-cancer-dataset`) is laid out as::
@@ -24,6 +26,15 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from lungkit.data.dicom import (
+    LUNG_WINDOW,
+    check_window,
+    describe_dicom,
+    is_dicom,
+    read_dicom_hu,
+    window_to_uint8,
+)
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("Normal", "Benign", "Malignant")  # labels 0, 1, 2
@@ -31,9 +42,6 @@ CLASS_NAMES = ("Normal", "Benign", "Malignant")  # labels 0, 1, 2
 CLASS_FOLDERS = {0: ("normal cases",), 1: ("bengin cases", "benign cases"), 2: ("malignant cases",)}
 DATASET_FOLDER = "The IQ-OTHNCCD lung cancer dataset"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
-# Lung window (center, width) in HU: level -600, width 1500, the usual chest-CT lung window
-# (Radiopaedia, "Windowing (CT)"); it spans -1350..150 HU.
-LUNG_WINDOW = (-600.0, 1500.0)
 PROGRESS_MIN_FILES = 200  # show a progress bar when reading more files than this
 MAX_SEARCH_DEPTH = 4  # dest/<kaggle link>/<top folder>/<top folder again>/<class folders>
 # Known copies of IQ-OTH/NCCD by slice count: the original release (110 cases) has 1190
@@ -164,51 +172,6 @@ def list_image_files(data_dir, classes=None):
     return _list_files(data_dir, classes)[0]
 
 
-def _is_dicom(path):
-    return Path(path).suffix.lower() == ".dcm"
-
-
-def _check_window(window):
-    try:
-        center, width = (float(v) for v in window)
-    except (TypeError, ValueError):
-        center, width = 0.0, 0.0
-    if not width > 0:
-        raise ValueError(f"`window` must be (center, width) in HU with width > 0. "
-                         f"Received: window={window!r}")
-    return center, width
-
-
-def window_to_uint8(image_hu, window=LUNG_WINDOW):
-    """Clips a CT slice in Hounsfield units to a window and scales it to uint8.
-
-    Args:
-        image_hu: float array `(H, W)` in HU.
-        window: `(center, width)` in HU, `width > 0`.
-
-    Returns:
-        uint8 array `(H, W)`: 0 at `center - width/2` and below, 255 at `center + width/2`.
-    """
-    center, width = _check_window(window)
-    scaled = (np.asarray(image_hu, dtype=np.float64) - (center - width / 2)) / width
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def read_dicom_hu(path):
-    """Reads a single-frame DICOM slice as float32 `(H, W)` Hounsfield units."""
-    import pydicom  # imported here: only DICOM users pay for it
-
-    dataset = pydicom.dcmread(str(path))
-    pixels = dataset.pixel_array.astype(np.float32)
-    if pixels.ndim != 2:
-        raise ValueError(f"Only single-frame grayscale DICOM is supported; {str(path)!r} has "
-                         f"pixel array shape {pixels.shape}.")
-    slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
-    # HU are HU whatever PhotometricInterpretation says, so MONOCHROME1 needs no inversion.
-    return pixels * slope + intercept
-
-
 def _pil_to_gray_or_rgb(image):
     """Converts any PIL image to mode "L" (grayscale sources) or "RGB" (colour sources)."""
     image = ImageOps.exif_transpose(image)
@@ -260,9 +223,9 @@ def load_image(path, size=128, window=None):
     if not path.is_file():
         raise FileNotFoundError(f"`path` is not a file: {str(path)!r}")
     if window is not None:
-        _check_window(window)
+        check_window(window)
     try:
-        if _is_dicom(path):
+        if is_dicom(path):
             gray = window_to_uint8(read_dicom_hu(path), LUNG_WINDOW if window is None else window)
             image = Image.fromarray(gray, "L")
         else:
@@ -318,7 +281,7 @@ def load_data(data_dir, size=128, classes=None, limit=None, progress=True, windo
         raise ValueError(f"`limit` must be a positive int (files per class) or None. "
                          f"Received: limit={limit!r}")
     if window is not None:
-        _check_window(window)
+        check_window(window)
     files, others = _list_files(data_dir, classes)
     if limit is not None:  # the first `limit` files of each class
         files = [item for label in sorted({lab for _, lab in files})
@@ -405,12 +368,8 @@ def to_channels(images, channels):
 def _inspect(path):
     """`(size "WxH", mode, error)` for one file, decoding it fully to catch truncation."""
     try:
-        if _is_dicom(path):
-            import pydicom
-
-            dataset = pydicom.dcmread(str(path))
-            dataset.pixel_array  # noqa: B018 - decode to check the pixel data
-            return f"{dataset.Columns}x{dataset.Rows}", f"DICOM {dataset.pixel_array.dtype}", None
+        if is_dicom(path):
+            return (*describe_dicom(path), None)
         with Image.open(path) as image:
             image.load()
             return f"{image.width}x{image.height}", image.mode, None

@@ -10,7 +10,7 @@ computed on our data) so that the diffusion model of `lungkit.models.latent` see
 
 The network is built from the U-Net's `ResidualBlock` (`lungkit.models.unet`), without skip
 connections (everything must pass through the latent); the losses reuse
-`lungkit.models.vae.kl_divergence` and `reconstruction_loss`, the posterior sample its
+`lungkit.models.vae_layers.kl_divergence` and `reconstruction_loss`, the posterior sample its
 `Sampling` layer. Rombach et al. add a perceptual (LPIPS) and an adversarial loss; we use a
 pixel L1 loss only (no pretrained network, no GAN), so reconstructions are somewhat smoother.
 
@@ -31,7 +31,7 @@ from keras import ops
 
 from lungkit.models.base import GenerativeModel, unpack_batch
 from lungkit.models.unet import ResidualBlock
-from lungkit.models.vae import Sampling, kl_divergence, reconstruction_loss
+from lungkit.models.vae_layers import Sampling, kl_divergence, reconstruction_loss
 
 logger = logging.getLogger(__name__)
 

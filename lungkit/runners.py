@@ -1,0 +1,228 @@
+"""The comparison experiment's per-model steps: train one model, time and keep its samples.
+
+`train_and_sample(model_name, config, ...)` dispatches to `run_vae`, `run_denoiser`,
+`run_diffusion` or `run_latent` (`RUNNERS`); each builds its model from the config section,
+trains it with `lungkit.training.fit` (`_train`, which also records the epoch timings) and
+generates `config.n_generate` samples per sampling variant, timed by `timed_generate`.
+`lungkit.experiment.compare` evaluates and reports them. Models and Keras are imported inside
+the functions, so importing this module (and `lungkit.experiment`) stays light.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+NUM_CLASSES = 3  # Normal, Benign, Malignant (lungkit.data.images.CLASS_NAMES)
+
+
+def conditional_labels(n, num_classes=NUM_CLASSES):
+    """Labels for `n` class-conditional samples: the classes in turn, evenly, in order.
+
+    Returns:
+        int32 `(n,)`, sorted, each class `n // num_classes` or one more times.
+    """
+    return (np.arange(n) * num_classes // n).astype(np.int32)
+
+
+def _conditional_variant(labels):
+    """The variant-dict keys that mark samples as conditional (read by `compare` and report)."""
+    return {"conditional": True,
+            "class_counts": np.bincount(labels, minlength=NUM_CLASSES).tolist()}
+
+
+def timed_generate(generate, n, **kwargs):
+    """Calls `generate(n, **kwargs)` once to warm up on 2 images, then times `n` images.
+
+    A per-image `label` sequence is cut to the warm-up's size.
+
+    Returns `(images, images_per_second)`.
+    """
+    warm = dict(kwargs)
+    if isinstance(warm.get("label"), (list, tuple, np.ndarray)):
+        warm["label"] = warm["label"][: min(2, n)]
+    generate(min(2, n), **warm)  # traces and compiles the sampling step
+    start = time.perf_counter()
+    images = np.asarray(generate(n, **kwargs))
+    elapsed = time.perf_counter() - start
+    return images, n / max(elapsed, 1e-9)
+
+
+def _train(model, config_section, train_x, train_y, out_dir, config, name, epochs=None):
+    """Compiles `model` with Adam, fits it with lungkit's callbacks, returns the entry dict.
+
+    Trains `epochs` epochs, default `config_section.epochs`.
+    """
+    import keras
+
+    from lungkit import training
+    from lungkit.data.pipeline import make_dataset
+
+    model.compile(optimizer=keras.optimizers.Adam(config_section.learning_rate))
+    dataset = make_dataset(
+        train_x, train_y, batch_size=config_section.batch_size, image_size=config.image_size,
+        channels=config.channels, shuffle=True, seed=config.seed,
+        with_labels=getattr(model, "num_classes", None) is not None,
+    )
+    epochs = config_section.epochs if epochs is None else epochs
+    history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
+    seconds = list(history.get("epoch_seconds", []))
+    steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch includes tracing
+    return {
+        "parameters": int(model.count_params()),
+        "epochs": epochs,
+        "seconds_per_epoch": float(np.mean(steady)) if steady else float("nan"),
+        "first_epoch_seconds": float(seconds[0]) if seconds else float("nan"),
+        "train_images_per_second": float(np.mean(history.get("images_per_second", [np.nan])[1:]
+                                                 or history.get("images_per_second", [np.nan]))),
+        "history": {k: [float(x) for x in v] for k, v in history.items()},
+        "variants": {},
+    }
+
+
+def run_vae(config, train_x, train_y, out_dir, progress=True):
+    """Trains the paper's VAE (conditional when `config.conditional`) and samples it."""
+    from lungkit.models.vae import VAE
+
+    out_dir = Path(out_dir)
+    image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
+    c = config.vae
+    conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
+        if config.conditional else {}
+    model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
+                widths=c.widths, beta=c.beta, seed=seed, **conditional)
+    entry = _train(model, c, train_x, train_y, out_dir, config, "vae")
+    labels = {"label": conditional_labels(n)} if config.conditional else {}
+    images, speed = timed_generate(model.generate, n, seed=seed, **labels)
+    entry["variants"]["vae"] = {"label": "Conditional VAE" if labels else "VAE", "steps": 1,
+                                "images_per_second": speed}
+    if labels:
+        entry["variants"]["vae"].update(_conditional_variant(labels["label"]))
+    return entry, {"vae": images}
+
+
+def run_denoiser(config, train_x, train_y, out_dir, progress=True):
+    """Trains the paper's U-Net denoiser and samples it two ways.
+
+    From noised training images (the paper's way) and from pure noise.
+    """
+    from lungkit.models.denoiser import UNetDenoiser
+
+    out_dir = Path(out_dir)
+    image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
+    c = config.denoiser
+    model = UNetDenoiser(image_size=image_size, channels=channels, noise_std=c.noise_std,
+                         widths=c.widths, seed=seed)
+    entry = _train(model, c, train_x, train_y, out_dir, config, "denoiser")
+    pick = np.random.default_rng(seed).choice(len(train_x), size=n, replace=len(train_x) < n)
+    paper, paper_speed = timed_generate(model.generate, n, source_images=train_x[pick],
+                                        seed=seed, progress=progress)
+    noise, noise_speed = timed_generate(model.generate, n, seed=seed, progress=progress)
+    entry["variants"]["denoiser_paper"] = {
+        "label": "Denoiser (paper: noised training images)", "steps": 1,
+        "images_per_second": paper_speed}
+    entry["variants"]["denoiser_noise"] = {
+        "label": "Denoiser from pure noise", "steps": 1, "images_per_second": noise_speed}
+    return entry, {"denoiser_paper": paper, "denoiser_noise": noise}
+
+
+def run_diffusion(config, train_x, train_y, out_dir, progress=True):
+    """Trains the DDPM and samples it with DDIM, DPM-Solver++ and the full DDPM chain.
+
+    The DDPM chain runs on `ddpm_timing_images` images only: timed and shown, not scored.
+    """
+    from lungkit.models.diffusion import DiffusionModel
+
+    out_dir = Path(out_dir)
+    image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
+    c = config.diffusion
+    conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
+        if config.conditional else {}
+    model = DiffusionModel(image_size=image_size, channels=channels, timesteps=c.timesteps,
+                           schedule=c.schedule, widths=c.widths,
+                           blocks_per_level=c.blocks_per_level,
+                           attention_levels=c.attention_levels, ema_decay=c.ema_decay,
+                           seed=seed, **conditional)
+    entry = _train(model, c, train_x, train_y, out_dir, config, "diffusion")
+
+    def sample(name, title, count, steps, sampler, **extra):
+        """Generates, times and describes one sampler's images."""
+        options = {}
+        if config.conditional:
+            options = {"label": conditional_labels(count), "guidance": c.guidance}
+            title += f" (w={c.guidance:g})"
+        images, speed = timed_generate(model.generate, count, steps=steps, sampler=sampler,
+                                       seed=seed, progress=progress, **options)
+        entry["variants"][name] = {"label": title, "steps": steps,
+                                   "images_per_second": speed, **extra}
+        if options:
+            entry["variants"][name].update(_conditional_variant(options["label"]))
+        return images
+
+    ddim = sample("ddim", f"DDIM-{c.sampling_steps}", n, c.sampling_steps, "ddim")
+    dpm = sample("dpm++", f"DPM-Solver++-{c.dpm_steps}", n, c.dpm_steps, "dpm++")
+    # too few DDPM images for distribution metrics: timed and shown only
+    ddpm = sample("ddpm", f"DDPM-{c.timesteps}", c.ddpm_timing_images, c.timesteps, "ddpm",
+                  evaluate=False)
+    return entry, {"ddim": ddim, "dpm++": dpm, "ddpm": ddpm}
+
+
+def run_latent(config, train_x, train_y, out_dir, progress=True):
+    """Trains the latent hybrid and samples it with DDIM.
+
+    Stage 1 trains the autoencoder, stage 2 the diffusion on its latents.
+    """
+    from lungkit.models.latent import LatentAutoencoder, LatentDiffusion
+
+    out_dir = Path(out_dir)
+    image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
+    c = config.latent
+    autoencoder = LatentAutoencoder(image_size=image_size, channels=channels,
+                                    latent_channels=c.latent_channels,
+                                    widths=c.autoencoder_widths, kl_weight=c.kl_weight,
+                                    seed=seed)
+    stage1 = _train(autoencoder, c, train_x, train_y, out_dir / "autoencoder", config,
+                    "autoencoder", epochs=c.autoencoder_epochs)
+    scale_factor = autoencoder.compute_scale_factor(train_x)
+    reconstructions = autoencoder.reconstruct(train_x[:n])
+    conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
+        if config.conditional else {}
+    model = LatentDiffusion(autoencoder, timesteps=c.timesteps, schedule=c.schedule,
+                            widths=c.widths, blocks_per_level=c.blocks_per_level,
+                            attention_levels=c.attention_levels, ema_decay=c.ema_decay,
+                            seed=seed, **conditional)
+    entry = _train(model, c, train_x, train_y, out_dir / "diffusion", config,
+                   "latent_diffusion", epochs=c.diffusion_epochs)
+    stage1.pop("variants")
+    entry["autoencoder"] = {
+        **stage1, "latent_shape": list(autoencoder.latent_shape),
+        "scale_factor": scale_factor, "shift_factor": autoencoder.shift_factor,
+        "reconstruction_mae": float(np.mean(np.abs(reconstructions - train_x[:n]))),
+    }
+    options, title = {}, "Latent diffusion (hybrid)"
+    if config.conditional:
+        options = {"label": conditional_labels(n), "guidance": c.guidance}
+        title += f" (w={c.guidance:g})"
+    images, speed = timed_generate(model.generate, n, steps=c.sampling_steps,
+                                   sampler="ddim", seed=seed, progress=progress, **options)
+    entry["variants"]["latent"] = {"label": title, "steps": c.sampling_steps,
+                                   "images_per_second": speed}
+    if options:
+        entry["variants"]["latent"].update(_conditional_variant(options["label"]))
+    return entry, {"latent": images}
+
+
+# model name -> runner, in the order of `lungkit.experiment.MODEL_NAMES`
+RUNNERS = {"vae": run_vae, "denoiser": run_denoiser, "diffusion": run_diffusion,
+           "latent": run_latent}
+
+
+def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=True):
+    """Trains one model of the comparison and generates its samples.
+
+    Returns `(entry, samples)`: the model's results dict (timings, history, one entry per
+    sampling variant) and `{variant: float32 images in [0, 1]}`.
+    """
+    if model_name not in RUNNERS:
+        raise ValueError(f"`model_name` must be one of {tuple(RUNNERS)}. Received: {model_name!r}")
+    return RUNNERS[model_name](config, train_x, train_y, out_dir, progress=progress)
