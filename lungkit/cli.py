@@ -359,8 +359,10 @@ def add_experiment_commands(subparsers):
     )
     compare.add_argument("--data", default=None,
                          help="dataset folder (IQ-OTH/NCCD layout); default: the phantom set")
-    compare.add_argument("--preset", default="quick", choices=("quick", "paper"),
-                         help="quick: minutes on a CPU; paper: Chen (2024) settings")
+    compare.add_argument("--preset", default="quick", choices=("quick", "classes", "paper"),
+                         help="quick: minutes on a CPU; classes: class-conditional models at "
+                              "64 px, all four (about an hour on a CPU); paper: Chen (2024) "
+                              "settings")
     compare.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     _add_experiment_options(compare)
     compare.set_defaults(handler=lambda a: _run_compare(a, a.preset, a.data, a.out))

@@ -366,24 +366,26 @@ def class_fidelity(generated, requested_labels, classifier, class_names=CLASS_NA
 
 
 def train_synthetic_test_real(synthetic_images, synthetic_labels, real_test_images,
-                              real_test_labels, epochs=10, image_size=None, num_classes=NUM_CLASSES):
+                              real_test_labels, epochs=10, image_size=None, num_classes=NUM_CLASSES,
+                              steps=None):
     """Trains the lungkit CNN on generated images only; returns its accuracy on real ones.
 
     Near the real-trained accuracy when the synthetic set captures the classes; chance
-    (1 / num_classes) when it does not. `image_size` defaults to the real images' size.
+    (1 / num_classes) when it does not. `image_size` defaults to the real images' size;
+    `steps` (optimizer steps) replaces `epochs` when given, as in `train_classifier`.
     """
     real = check_images(real_test_images, "real_test_images")
     real_labels = np.asarray(real_test_labels).astype("int64").reshape(-1)
     model = train_classifier(synthetic_images, synthetic_labels,
                              image_size=image_size or real.shape[1], channels=real.shape[-1],
-                             num_classes=num_classes, epochs=epochs)
+                             num_classes=num_classes, epochs=epochs, steps=steps)
     return float((predict_labels(model, real) == real_labels).mean())
 
 
 # --------------------------------------------------------------------------- all at once
 def evaluate(generated, real, train=None, features=None, *, real_stats=None, cache_dir=None,
              paired=False, generated_labels=None, classifier=None, real_labels=None,
-             tstr_epochs=10, kid_subsets=100, kid_subset_size=1000, k=3,
+             tstr_epochs=10, tstr_steps=None, kid_subsets=100, kid_subset_size=1000, k=3,
              memorization_threshold=0.95, diversity_pairs=200, seed=0, progress=False):
     """Every metric for one model's samples, as a JSON-ready dict with the keys `EVALUATE_KEYS`.
 
@@ -397,6 +399,8 @@ def evaluate(generated, real, train=None, features=None, *, real_stats=None, cac
         paired: `generated[i]` reconstructs `real[i]` (adds psnr/ssim means).
         generated_labels: class requested for each sample; with `classifier` gives class
             fidelity, with `real_labels` gives train-on-synthetic-test-on-real accuracy.
+        tstr_epochs, tstr_steps: training of the train-on-synthetic classifier (steps, when
+            given, replace epochs; see `lungkit.features.train_classifier`).
 
     Returns:
         dict. Counts `n_generated`, `n_real`, `n_train`; `feature_extractor` (name or None);
@@ -447,7 +451,8 @@ def evaluate(generated, real, train=None, features=None, *, real_stats=None, cac
         result["class_fidelity_per_class"] = fidelity["per_class"]
     if generated_labels is not None and real_labels is not None:
         result["tstr_accuracy"] = train_synthetic_test_real(generated, generated_labels, real,
-                                                            real_labels, epochs=tstr_epochs)
+                                                            real_labels, epochs=tstr_epochs,
+                                                            steps=tstr_steps)
     logger.info("Evaluated %d samples against %d real images (features: %s)",
                 len(generated), len(real), result["feature_extractor"])
     return result

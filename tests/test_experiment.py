@@ -10,7 +10,7 @@ from lungkit import experiment
 TINY = dict(
     # 2 of 6 slices per class held out: precision/recall need more than k = 3 real images
     image_size=32, channels=1, phantom_per_class=6, test_fraction=0.34, n_generate=8,
-    features="domain",
+    features="domain", classifier_steps=20, tstr_steps=10,
     **{"vae.epochs": 2, "vae.batch_size": 8, "vae.latent_dim": 8, "vae.widths": (8, 16),
        "denoiser.epochs": 2, "denoiser.batch_size": 8, "denoiser.widths": (8, 16),
        "diffusion.epochs": 2, "diffusion.batch_size": 8, "diffusion.widths": (8, 16),
@@ -36,12 +36,18 @@ def test_config_overrides_reach_nested_sections():
     assert experiment.PRESETS["quick"].vae.epochs != 3  # presets stay frozen
     paper = experiment.get_config("paper")
     assert (paper.image_size, paper.vae.epochs, paper.denoiser.epochs) == (128, 200, 10)
+    classes = experiment.get_config("classes")
+    assert classes.conditional and classes.image_size == 64
+    assert set(classes.models) == set(experiment.MODEL_NAMES)
 
 
 @pytest.mark.parametrize(
     "overrides, match",
     [({"models": ("vae", "gan")}, "subset of"), ({"test_fraction": 1.5}, "test_fraction"),
-     ({"channels": 2}, "channels"), ({"nope.epochs": 1}, "Unknown config section")],
+     ({"channels": 2}, "channels"), ({"nope.epochs": 1}, "Unknown config section"),
+     ({"classifier_steps": 0}, r"`classifier_steps` must be a positive int. Received: "
+                               r"classifier_steps=0"),
+     ({"tstr_steps": 2.5}, "`tstr_steps` must be a positive int")],
 )
 def test_config_errors_name_the_bad_value(overrides, match):
     with pytest.raises(ValueError, match=match):

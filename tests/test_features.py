@@ -252,3 +252,45 @@ def test_get_feature_extractor_argument_errors(no_inception_weights):
         F.get_feature_extractor("vgg")
     with pytest.raises(ValueError, match="train_images"):
         F.get_feature_extractor("domain")
+
+
+def test_classifier_learns_translated_classes_and_generalises():
+    """Toy classes whose cue sits anywhere in the image (a disc at a random place): after a few
+    hundred augmented steps the CNN labels held-out images, not just the training ones."""
+    images, labels = class_images(40, size=32, seed=0)
+    held_out, held_labels = class_images(10, size=32, seed=1)
+    model = F.train_classifier(images, labels, steps=300, seed=0)
+    assert model.optimizer.iterations.numpy() == 300
+    accuracy = (F.predict_labels(model, held_out) == held_labels).mean()
+    assert accuracy >= 0.9, accuracy
+
+
+def test_classifier_augments_only_in_training():
+    images, _ = class_images(2, size=32)
+    model = F.build_classifier(32, 1, seed=3)
+    inference = [keras.ops.convert_to_numpy(model(images, training=False)) for _ in range(2)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    plain = F.build_classifier(32, 1, augment=False)
+    plain.set_weights(model.get_weights())  # augmentation layers hold no weights
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(images, training=False)),
+                               inference[0], rtol=1e-5, atol=1e-6)
+    training = keras.ops.convert_to_numpy(model(images, training=True))
+    assert not np.allclose(training, inference[0])
+
+
+def test_train_classifier_checks_steps():
+    images, labels = class_images(2, size=16)
+    with pytest.raises(ValueError, match=r"`steps` must be a positive int or None. Received: steps=0"):
+        F.train_classifier(images, labels, steps=0)
+
+
+def test_load_or_train_classifier_caches_by_data_and_options(tmp_path):
+    images, labels = class_images(4, size=16)
+    model = F.load_or_train_classifier(images, labels, tmp_path, steps=5)
+    files = list(tmp_path.glob("ct_classifier_*.keras"))
+    assert [f.stem for f in files] == [model.name]
+    again = F.load_or_train_classifier(images, labels, tmp_path, steps=5)
+    assert again.name == model.name
+    np.testing.assert_array_equal(F.predict_labels(again, images), F.predict_labels(model, images))
+    other = F.load_or_train_classifier(images, labels, tmp_path, steps=6)
+    assert other.name != model.name and len(list(tmp_path.glob("*.keras"))) == 2
