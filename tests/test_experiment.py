@@ -103,7 +103,10 @@ def test_compare_writes_every_artefact(tmp_path):
     assert saved["claims"] and {c["verdict"] for c in saved["claims"]} <= {"PASS", "FAIL", "N/A"}
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)  # self-contained
-    assert "claims" in (run / "report.md").read_text()
+    report_md = (run / "report.md").read_text()
+    assert "claims" in report_md
+    share = vae["memorization_share_real"]
+    assert f"Held-out real slices score {share:.0%} against the same training" in report_md
 
 
 def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
