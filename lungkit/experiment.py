@@ -35,6 +35,7 @@ from lungkit.runners import (  # noqa: F401 - conditional_labels, timed_generate
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("vae", "denoiser", "diffusion", "latent")
+SIGNIFICANCE = 0.05  # the claims' one-sided test level (class fidelity above chance)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,16 +418,19 @@ def check_claims(results):
             f"KID DPM++-{dpm['steps']} {pk:.4f} vs DDIM-{ddim['steps']} {dk:.4f} (std "
             f"{tolerance:.4f}); FID {dpm['metrics']['fid']:.2f} vs {ddim['metrics']['fid']:.2f}; "
             f"{dpm['images_per_second']:.2f} vs {ddim['images_per_second']:.2f} img/s")
-    conditioned = [(v["label"], v["metrics"]["class_fidelity"])
+    conditioned = [(v["label"], v["metrics"]["class_fidelity"], sum(v["class_counts"]))
                    for entry in models.values() for v in entry.get("variants", {}).values()
                    if v.get("conditional") and (v.get("metrics") or {}).get("class_fidelity")
                    is not None]
     if conditioned:
         chance = 1.0 / NUM_CLASSES
+        p_values = [above_chance_p(value, n, chance) for _, value, n in conditioned]
         add("(Beyond the paper) Class-conditional models generate the requested class "
-            f"(class fidelity above chance, {chance:.0%}).",
-            all(value > chance for _, value in conditioned),
-            "; ".join(f"{label} {value:.0%}" for label, value in conditioned)
+            f"(class fidelity above chance, {chance:.0%}: one-sided binomial p < "
+            f"{SIGNIFICANCE}).",
+            all(p < SIGNIFICANCE for p in p_values),
+            "; ".join(f"{label} {value:.0%} of {n} (p={p:.2g})"
+                      for (label, value, n), p in zip(conditioned, p_values, strict=True))
             + (f"; real held-out slices {results['classifier']['test_accuracy']:.0%}"
                if results.get("classifier") else ""))
     if paper and from_noise:
@@ -436,6 +440,13 @@ def check_claims(results):
                 "produce CT slices.", nf > pf,
                 f"KID from noise {nf:.4f} vs from noised real images {pf:.4f}")
     return claims
+
+
+def above_chance_p(accuracy, n, chance):
+    """One-sided binomial p-value of `accuracy` over `n` trials against `chance` (scipy)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(int(round(accuracy * n)), n, chance, alternative="greater").pvalue)
 
 
 def _write_json(data, path):

@@ -140,3 +140,20 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
 def test_conditional_labels_split_evenly_in_class_order():
     np.testing.assert_array_equal(experiment.conditional_labels(7), [0, 0, 0, 1, 1, 2, 2])
     assert np.bincount(experiment.conditional_labels(48)).tolist() == [16, 16, 16]
+
+
+def test_class_fidelity_claim_needs_a_significant_excess_over_chance():
+    def conditional(label, fidelity, per_class):
+        return {"label": label, "conditional": True, "class_counts": [per_class] * 3,
+                "metrics": {"class_fidelity": fidelity}}
+
+    def verdict(fidelity, per_class):
+        results = {"models": {"vae": {"seconds_per_epoch": 1.0, "variants": {
+            "vae": conditional("cVAE", fidelity, per_class)}}}}
+        claim = next(c for c in experiment.check_claims(results) if "requested class" in c["claim"])
+        return claim["verdict"], claim["evidence"]
+
+    # 40% of 60 is 24 hits: p = 0.17 against 1/3; 40% of 600 is 240 hits: p < 1e-3
+    assert verdict(0.4, 20)[0] == "FAIL" and "(p=0.17)" in verdict(0.4, 20)[1]
+    assert verdict(0.4, 200)[0] == "PASS"
+    assert experiment.above_chance_p(1 / 3, 300, 1 / 3) > 0.4
