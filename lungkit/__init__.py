@@ -25,6 +25,7 @@ _EXPORTS = {
     "NoiseSchedule": "lungkit.models.diffusion",
     "DiffusionModel": "lungkit.models.diffusion",
     "LatentDiffusion": "lungkit.models.latent",
+    "load_model": "lungkit.models",
     "evaluate": "lungkit.metrics",
     "compare": "lungkit.experiment",
 }

@@ -198,15 +198,14 @@ def _train(args):
 
 
 def _sample(args):
-    import keras
-
     from lungkit import viz
+    from lungkit.models import load_model
 
-    model_class(args.model)  # registers the class with Keras before loading
+    model_class(args.model)  # checks the model name
     path = Path(args.model_path)
     if not path.exists():
         raise FileNotFoundError(f"`--model` file not found: {path}")
-    model = keras.saving.load_model(path)
+    model = load_model(path)
     options = {"seed": args.seed}
     for key in ("steps", "sampler", "label", "guidance"):
         value = getattr(args, key)
@@ -388,13 +387,12 @@ def add_experiment_commands(subparsers):
 def _run_evaluate(args):
     import json
 
-    import keras
-
     from lungkit import metrics
     from lungkit.data.images import load_data, normalize, to_channels
     from lungkit.features import get_feature_extractor
+    from lungkit.models import load_model
 
-    model = keras.models.load_model(args.model)
+    model = load_model(args.model)
     real, labels = load_data(args.data, size=model.image_size)
     real = to_channels(normalize(real), model.channels)
     kwargs = {"seed": args.seed}
