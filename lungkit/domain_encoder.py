@@ -29,6 +29,7 @@ from lungkit.features import (
     _check_labels,
     check_images,
     data_hash,
+    load_or_build,
     predict_batches,
     predict_labels,
     resize_images,
@@ -275,19 +276,18 @@ class DomainEncoder(FeatureExtractor):
         key = data_hash(images, labels, settings)
         name = f"domain_encoder_{key}"
         path = Path(cache_dir or default_cache_dir()) / f"{name}.keras"
-        if path.is_file():
-            logger.info("Loading cached domain encoder %s", path)
-            return cls(keras.saving.load_model(path), name=name, path=path, loaded_from_cache=True)
-        images = resize_images(images, image_size, channels)
-        autoencoder = train_domain_autoencoder(images, steps=steps, batch_size=batch_size,
-                                               seed=seed)
-        classifier = train_classifier(images, labels, image_size, channels, num_classes,
-                                      epochs=epochs, batch_size=batch_size, min_steps=min_steps)
-        model = assemble_domain_encoder(autoencoder, classifier, images)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(path)
-        logger.info("Saved domain encoder to %s", path)
-        return cls(model, name=name, path=path)
+
+        def train():
+            resized = resize_images(images, image_size, channels)
+            autoencoder = train_domain_autoencoder(resized, steps=steps, batch_size=batch_size,
+                                                   seed=seed)
+            classifier = train_classifier(resized, labels, image_size, channels, num_classes,
+                                          epochs=epochs, batch_size=batch_size,
+                                          min_steps=min_steps)
+            return assemble_domain_encoder(autoencoder, classifier, resized)
+
+        model, loaded = load_or_build(path, train, "domain encoder")
+        return cls(model, name=name, path=path, loaded_from_cache=loaded)
 
     @classmethod
     def load(cls, path):

@@ -247,8 +247,8 @@ def train_classifier(images, labels, image_size=None, channels=None, num_classes
     channels = channels or images.shape[-1]
     images = resize_images(images, image_size, channels)
     n_images, batches = len(images), -(-len(images) // batch_size)
-    if steps is not None:
-        epochs, min_steps = -(-steps // batches), steps
+    if steps is not None:  # whole epochs covering `steps`; min_steps does not apply
+        epochs, min_steps = -(-steps // batches), 0
     total = epochs * batches
     if total < min_steps:
         repeats = -(-min_steps // total)
@@ -301,15 +301,29 @@ def load_or_train_classifier(images, labels, cache_dir, **options):
     key = data_hash(images, np.asarray(labels), np.frombuffer(settings, dtype="uint8"),
                     np.asarray([CLASSIFIER_VERSION]))
     path = Path(cache_dir) / f"ct_classifier_{key}.keras"
+
+    def train():
+        model = train_classifier(images, labels, **options)
+        model.name = path.stem
+        return model
+
+    return load_or_build(path, train, "classifier")[0]
+
+
+def load_or_build(path, build, what="model"):
+    """The Keras model saved at `path`, or `build()`'s, saved there for the next call.
+
+    Returns `(model, loaded)`: `loaded` is True when it came from the file.
+    """
+    path = Path(path)
     if path.is_file():
-        logger.info("Loading cached classifier %s", path)
-        return keras.saving.load_model(path)
-    model = train_classifier(images, labels, **options)
-    model.name = path.stem
+        logger.info("Loading cached %s %s", what, path)
+        return keras.saving.load_model(path), True
+    model = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
-    logger.info("Saved classifier to %s", path)
-    return model
+    logger.info("Saved %s to %s", what, path)
+    return model, False
 
 
 def predict_labels(model, images, batch_size=64):

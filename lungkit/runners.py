@@ -31,6 +31,13 @@ def _conditional_variant(labels):
             "class_counts": np.bincount(labels, minlength=NUM_CLASSES).tolist()}
 
 
+def _class_arguments(config, section):
+    """Constructor arguments that make a model class-conditional, `{}` when not asked for."""
+    if not config.conditional:
+        return {}
+    return {"num_classes": NUM_CLASSES, "class_dropout": section.class_dropout}
+
+
 def timed_generate(generate, n, **kwargs):
     """Calls `generate(n, **kwargs)` once to warm up on 2 images, then times `n` images.
 
@@ -87,8 +94,7 @@ def run_vae(config, train_x, train_y, out_dir, progress=True):
     out_dir = Path(out_dir)
     image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
     c = config.vae
-    conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
-        if config.conditional else {}
+    conditional = _class_arguments(config, c)
     model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
                 widths=c.widths, beta=c.beta, seed=seed, **conditional)
     entry = _train(model, c, train_x, train_y, out_dir, config, "vae")
@@ -136,8 +142,7 @@ def run_diffusion(config, train_x, train_y, out_dir, progress=True):
     out_dir = Path(out_dir)
     image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
     c = config.diffusion
-    conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
-        if config.conditional else {}
+    conditional = _class_arguments(config, c)
     model = DiffusionModel(image_size=image_size, channels=channels, timesteps=c.timesteps,
                            schedule=c.schedule, widths=c.widths,
                            blocks_per_level=c.blocks_per_level,
@@ -185,8 +190,7 @@ def run_latent(config, train_x, train_y, out_dir, progress=True):
                     "autoencoder", epochs=c.autoencoder_epochs)
     scale_factor = autoencoder.compute_scale_factor(train_x)
     reconstructions = autoencoder.reconstruct(train_x[:n])
-    conditional = {"num_classes": NUM_CLASSES, "class_dropout": c.class_dropout} \
-        if config.conditional else {}
+    conditional = _class_arguments(config, c)
     model = LatentDiffusion(autoencoder, timesteps=c.timesteps, schedule=c.schedule,
                             widths=c.widths, blocks_per_level=c.blocks_per_level,
                             attention_levels=c.attention_levels, ema_decay=c.ema_decay,
