@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 DOMAIN_STEM_WIDTH = 16  # the feature autoencoder's full-resolution conv
 DOMAIN_FEATURE_DIMS = 2 * (DOMAIN_STEM_WIDTH + sum(DOMAIN_WIDTHS))  # mean and std per channel
-DOMAIN_ENCODER_VERSION = 3  # in the cache key; 1: classifier features, 2: unaugmented classifier
+DOMAIN_ENCODER_VERSION = 4  # in the cache key; 1: classifier features, 2: unaugmented classifier,
+# 3: classifier without blur augmentation
 AUTOENCODER_EPOCHS = 40  # passes over the data the feature autoencoder gets by default,
 AUTOENCODER_STEPS = (150, 600)  # clipped to these optimizer steps (~30 ms/step at 32 px,
 # ~90 ms at 64 px on 2 CPU cores): enough that noise of std 0.05 stands out at 32-64 px

@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from scipy import ndimage
 from toy_data import class_images
 
 from lungkit import domain_encoder as D
@@ -256,12 +257,16 @@ def test_get_feature_extractor_argument_errors(no_inception_weights):
 
 def test_classifier_learns_translated_classes_and_generalises():
     """Toy classes whose cue sits anywhere in the image (a disc at a random place): after a few
-    hundred augmented steps the CNN labels held-out images, not just the training ones."""
+    hundred augmented steps the CNN labels held-out images, not just the training ones, and
+    blurred ones (generated slices are blurrier than real ones) as well as sharp ones."""
     images, labels = class_images(40, size=32, seed=0)
     held_out, held_labels = class_images(10, size=32, seed=1)
     model = F.train_classifier(images, labels, steps=300, seed=0)
     assert model.optimizer.iterations.numpy() == 300
     accuracy = (F.predict_labels(model, held_out) == held_labels).mean()
+    assert accuracy >= 0.9, accuracy
+    blurred = ndimage.gaussian_filter(held_out, (0, 1.2, 1.2, 0))
+    accuracy = (F.predict_labels(model, blurred) == held_labels).mean()
     assert accuracy >= 0.9, accuracy
 
 
@@ -276,6 +281,8 @@ def test_classifier_augments_only_in_training():
                                inference[0], rtol=1e-5, atol=1e-6)
     training = keras.ops.convert_to_numpy(model(images, training=True))
     assert not np.allclose(training, inference[0])
+    blur = [layer for layer in model.layers if isinstance(layer, keras.layers.RandomGaussianBlur)]
+    assert len(blur) == 1 and blur[0].sigma == (0.1, F.AUGMENT_BLUR_SIGMA)
 
 
 def test_train_classifier_checks_steps():
