@@ -47,7 +47,7 @@ AUGMENT_ROTATION = 0.05  # fraction of a full turn (18 degrees)
 AUGMENT_ZOOM = 0.1  # +-10% scale
 # Random Gaussian blur (a random share of the images, sigma up to AUGMENT_BLUR_SIGMA px): the
 # classifier judges generated slices, most of them blurrier than real ones. Trained on sharp
-# slices only, it called 97% of the latent autoencoder's reconstructions of held-out phantom
+# slices only, it called 87% of the latent autoencoder's reconstructions of held-out phantom
 # slices "Malignant" (a blurred slice looked like a mass to it); with the blur, 42% of them
 # are classed right, against 48% of the sharp originals (64 px).
 AUGMENT_BLUR_SIGMA = 1.5
