@@ -68,6 +68,11 @@ class DiffusionConfig:
     attention_levels: tuple = ()
     timesteps: int = 1000  # Ho et al. (2020)
     schedule: str = "cosine"  # Nichol & Dhariwal (2021)
+    # v (Salimans & Ho, 2022), not Ho et al.'s epsilon: near t = T the cosine schedule keeps
+    # sqrt(alpha_bar) ~ 0.03 of the slice, so x0 = (x_t - sqrt(1 - alpha_bar) eps) / 0.03
+    # multiplies every error in eps ~30x. On the 64 px phantom, epsilon samples had grey
+    # backgrounds and washed-out lungs; v samples black air and dark lungs with vessels.
+    prediction: str = "v"
     ema_decay: float = 0.999
     sampling_steps: int = 50  # DDIM steps for the report's samples
     dpm_steps: int = 20  # DPM-Solver++(2M) steps: Lu et al. (2022) report 15-20 suffice
@@ -91,6 +96,7 @@ class LatentConfig:
     attention_levels: tuple = ()
     timesteps: int = 1000  # Ho et al. (2020)
     schedule: str = "cosine"  # Nichol & Dhariwal (2021)
+    prediction: str = "epsilon"  # Rombach et al. (2022)
     ema_decay: float = 0.999
     sampling_steps: int = 50  # DDIM steps, as the pixel-space diffusion's
     class_dropout: float = 0.1  # conditional runs: as the pixel-space diffusion's
@@ -202,11 +208,12 @@ PRESETS = {
         models=("vae", "denoiser", "diffusion", "latent"),
         classifier_steps=2000,
         tstr_steps=400,
-        vae=VAEConfig(epochs=40, batch_size=32, latent_dim=64, widths=(16, 32, 64, 128)),
+        vae=VAEConfig(epochs=150, batch_size=32, latent_dim=64, widths=(16, 32, 64, 128),
+                      beta=0.25),
         denoiser=DenoiserConfig(epochs=3, batch_size=32, widths=(16, 32, 64)),
         diffusion=DiffusionConfig(
             epochs=120, batch_size=32, learning_rate=1e-3, widths=(16, 32, 64),
-            blocks_per_level=1, ema_decay=0.995, ddpm_timing_images=1,
+            blocks_per_level=1, ema_decay=0.995, ddpm_timing_images=1, guidance=3.0,
         ),
         latent=LatentConfig(
             autoencoder_epochs=15, diffusion_epochs=400, batch_size=32, learning_rate=1e-3,

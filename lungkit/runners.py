@@ -144,7 +144,7 @@ def run_diffusion(config, train_x, train_y, out_dir, progress=True):
     c = config.diffusion
     conditional = _class_arguments(config, c)
     model = DiffusionModel(image_size=image_size, channels=channels, timesteps=c.timesteps,
-                           schedule=c.schedule, widths=c.widths,
+                           schedule=c.schedule, prediction=c.prediction, widths=c.widths,
                            blocks_per_level=c.blocks_per_level,
                            attention_levels=c.attention_levels, ema_decay=c.ema_decay,
                            seed=seed, **conditional)
@@ -192,7 +192,7 @@ def run_latent(config, train_x, train_y, out_dir, progress=True):
     reconstructions = autoencoder.reconstruct(train_x[:n])
     conditional = _class_arguments(config, c)
     model = LatentDiffusion(autoencoder, timesteps=c.timesteps, schedule=c.schedule,
-                            widths=c.widths, blocks_per_level=c.blocks_per_level,
+                            prediction=c.prediction, widths=c.widths, blocks_per_level=c.blocks_per_level,
                             attention_levels=c.attention_levels, ema_decay=c.ema_decay,
                             seed=seed, **conditional)
     entry = _train(model, c, train_x, train_y, out_dir / "diffusion", config,

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from lungkit import experiment
+from lungkit import experiment, load_model
 
 TINY = dict(
     # 2 of 6 slices per class held out: precision/recall need more than k = 3 real images
@@ -107,6 +107,8 @@ def test_compare_writes_every_artefact(tmp_path):
     assert "claims" in report_md
     share = vae["memorization_share_real"]
     assert f"Held-out real slices score {share:.0%} against the same training" in report_md
+    diffusion = load_model(run / "diffusion" / "diffusion.keras")
+    assert diffusion.prediction == config.diffusion.prediction == "v"
 
 
 def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):

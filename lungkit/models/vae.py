@@ -14,8 +14,19 @@ Notation:
     z_mean, z_log_var    mu, log sigma^2 of q(z | x)
     epsilon              epsilon ~ N(0, I), the reparameterisation noise
     beta                 KL weight (beta-VAE, Higgins et al., 2017); 1.0 = the plain ELBO
-    labels               y, the class of a conditional VAE (Sohn et al., 2015): q(z | x, y),
-                         p(x | z, y); index `num_classes` = "no label"
+    labels               y, the class of a conditional VAE: prior p(z | y) = N(mu_y, I),
+                         decoder p(x | z, y), encoder q(z | x); index `num_classes` =
+                         "no label"
+    prior_means          mu_y, one learned row per class (and "no label"), zeros at first
+
+A conditional VAE (Sohn et al., 2015) maximises the ELBO of log p(x | y),
+`E_q[log p(x | z, y)] - KL(q(z | x) || p(z | y))`. Its encoder sees only the image and the
+class moves the prior, so prior samples for a class land where that class's images encode.
+Measured on the 64 px phantom (150 samples, a classifier trained on real slices; chance 33%):
+the textbook q(z | x, y) with an N(0, I) prior drew the same lesion-free average body for
+every label (31-37% at beta 1, 0.25, 0.1 or 0.03; a learned prior alone did not change
+that), while the label-blind encoder with the class prior reached 45% at beta 0.25 (35% at
+beta 1, where z keeps too little to draw a mass).
 """
 
 import logging
@@ -60,8 +71,8 @@ class VAE(GenerativeModel):
         reconstruction: `"bce"` (the paper) or `"mse"`, both summed over pixels per image.
         beta: weight of the KL term (1.0: the ELBO).
         num_classes: None (the paper's unconditional VAE) or the number of classes of a
-            conditional VAE (Sohn et al., 2015): encoder and decoder then take int labels
-            `(batch,)`, and training batches are `(images, labels)`.
+            conditional VAE: the decoder then takes int labels `(batch,)`, the prior of z
+            is N(prior_means[label], I), and training batches are `(images, labels)`.
         class_dropout: probability, in training, of replacing a label by "no label" (index
             `num_classes`), so the same model also generates without a label.
         seed: seeds the reparameterisation noise, label dropout and `generate(seed=None)`.
@@ -115,13 +126,18 @@ class VAE(GenerativeModel):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.class_dropout, self.seed = float(class_dropout), seed
         self.encoder = build_encoder(self.image_size, channels, self.latent_dim, self.widths,
-                                     self.dense_units, self.num_classes)
+                                     self.dense_units)
         self.decoder = build_decoder(self.image_size, channels, self.latent_dim, self.widths,
                                      self.num_classes)
         self.sampler = Sampling(seed=seed, name="sampler")
         if self.num_classes is not None:  # only conditional models carry this state
             self.label_seeds = keras.random.SeedGenerator(
                 None if seed is None else seed + 2, name="label_seeds")
+            # mu_y of the prior N(mu_y, I); zeros: training starts from the paper's N(0, I).
+            self.prior_means = keras.layers.Embedding(
+                self.num_classes + 1, self.latent_dim, embeddings_initializer="zeros",
+                dtype="float32", name="prior_means")
+            self.prior_means.build((None,))
         # Separate stream for generate(seed=None), so sampling does not shift training noise.
         self.generation_seeds = keras.random.SeedGenerator(
             None if seed is None else seed + 1, name="generation_seeds")
@@ -195,7 +211,7 @@ class VAE(GenerativeModel):
         images, labels = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
         self.check_images(images)
         labels = self._conditioning(labels, ops.shape(images)[0], training)
-        z_mean, z_log_var = self._encode(images, labels, training)
+        z_mean, z_log_var = self._encode(images, training)
         z = self.sampler([z_mean, z_log_var]) if training else z_mean
         return self._decode(z, labels, training)
 
@@ -216,9 +232,12 @@ class VAE(GenerativeModel):
             labels = ops.where(dropped, null, labels)
         return labels
 
-    def _encode(self, images, labels, training=False):
-        inputs = images if labels is None else [images, labels]
-        return self.encoder(inputs, training=training)
+    def _encode(self, images, training=False):
+        return self.encoder(images, training=training)
+
+    def _prior_mean(self, labels):
+        """mu_y `(batch, latent_dim)` of the prior p(z | y); 0 for the paper's VAE."""
+        return 0.0 if labels is None else self.prior_means(labels)
 
     def _decode(self, z, labels, training=False):
         inputs = z if labels is None else [z, labels]
@@ -229,16 +248,18 @@ class VAE(GenerativeModel):
 
         `loss = reconstruction_loss + beta * kl_loss`; both terms are summed per image (over
         pixels and latent dimensions) and averaged over the batch, the paper's scale. `labels`
-        (int `(batch,)`) condition a conditional VAE and are ignored by the paper's VAE.
+        (int `(batch,)`) condition a conditional VAE, whose KL is to its class prior
+        N(mu_y, I), and are ignored by the paper's VAE.
         """
         self.check_images(images)
         images = ops.cast(images, "float32")
         labels = self._conditioning(labels, ops.shape(images)[0], training)
-        z_mean, z_log_var = self._encode(images, labels, training)
+        z_mean, z_log_var = self._encode(images, training)
         z = self.sampler([z_mean, z_log_var])
         reconstructions = self._decode(z, labels, training)
         recon = ops.mean(reconstruction_loss(images, reconstructions, self.reconstruction))
-        kl = ops.mean(kl_divergence(z_mean, z_log_var))
+        # KL(N(m, s) || N(mu, I)) = KL(N(m - mu, s) || N(0, I))
+        kl = ops.mean(kl_divergence(z_mean - self._prior_mean(labels), z_log_var))
         return recon + self.beta * kl, recon, kl
 
     def _label_array(self, label, n):
@@ -258,24 +279,21 @@ class VAE(GenerativeModel):
 
         return resolve_labels(label, n, self.num_classes)
 
-    def encode(self, images, labels=None, batch_size=256):
-        """Encodes images into the parameters of q(z | x) (q(z | x, y) when conditional).
+    def encode(self, images, batch_size=256):
+        """Encodes images into the parameters of q(z | x); the encoder takes no label.
 
         Args:
             images: `(n, H, W, C)` float in [0, 1] (uint8 is divided by 255).
-            labels: conditional VAE only: a label for all images or one per image (index or
-                class name); None means "no label".
 
         Returns:
             `(z_mean, z_log_var)`, float32 numpy arrays `(n, latent_dim)`.
         """
         images = self._as_images(images)
         _check_positive_int("batch_size", batch_size)
-        return self._encode_batches(images, self._label_array(labels, len(images)), batch_size)
+        return self._encode_batches(images, batch_size)
 
-    def _encode_batches(self, images, labels, batch_size):
-        outputs = [self._encode(images[i:i + batch_size],
-                                None if labels is None else labels[i:i + batch_size])
+    def _encode_batches(self, images, batch_size):
+        outputs = [self._encode(images[i:i + batch_size])
                    for i in range(0, len(images), batch_size)]
         z_mean = np.concatenate([ops.convert_to_numpy(m) for m, _ in outputs]) if outputs else \
             np.zeros((0, self.latent_dim), "float32")
@@ -304,15 +322,19 @@ class VAE(GenerativeModel):
         return np.clip(images.astype("float32"), 0.0, 1.0)
 
     def reconstruct(self, images, labels=None, batch_size=256):
-        """Deterministic reconstructions (decoded `z_mean`), float32 `(n, H, W, C)` in [0, 1]."""
+        """Deterministic reconstructions (decoded `z_mean`), float32 `(n, H, W, C)` in [0, 1].
+
+        `labels` (conditional VAE only): the decoder's label, one or one per image; None
+        means "no label".
+        """
         images = self._as_images(images)
         _check_positive_int("batch_size", batch_size)
         labels = self._label_array(labels, len(images))
-        z_mean, _ = self._encode_batches(images, labels, batch_size)
+        z_mean, _ = self._encode_batches(images, batch_size)
         return self._decode_batches(z_mean, labels, batch_size)
 
     def generate(self, n, seed=None, batch_size=256, label=None, guidance=None):
-        """Samples `n` new images by decoding z ~ N(0, I).
+        """Samples `n` new images by decoding z ~ N(0, I) (N(mu_label, I) when conditional).
 
         Args:
             n: number of images.
@@ -340,6 +362,7 @@ class VAE(GenerativeModel):
         labels = self._label_array(label, int(n))
         generator = self.generation_seeds if seed is None else keras.random.SeedGenerator(int(seed))
         z = keras.random.normal((int(n), self.latent_dim), dtype="float32", seed=generator)
+        z = z + self._prior_mean(labels)
         return self._decode_batches(ops.convert_to_numpy(z), labels, batch_size)
 
     def get_config(self):

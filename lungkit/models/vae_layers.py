@@ -98,12 +98,13 @@ def _label_embedding(num_classes, name):
 
 
 def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
-                  dense_units=DEFAULT_DENSE_UNITS, num_classes=None, name="encoder"):
-    """Strided-convolution encoder: images (and labels) -> `(z_mean, z_log_var)`.
+                  dense_units=DEFAULT_DENSE_UNITS, name="encoder"):
+    """Strided-convolution encoder: images -> `(z_mean, z_log_var)`.
 
     Each width adds a 3x3 convolution with stride 2 and ReLU, as the Keras example VAE the
-    paper trains; then flatten, a ReLU dense layer and two linear float32 heads. With
-    `num_classes`, a class embedding is concatenated to the flattened features.
+    paper trains; then flatten, a ReLU dense layer and two linear float32 heads. It never
+    sees a label: a conditional VAE puts its class into the prior and the decoder instead
+    (see `lungkit.models.vae`).
 
     Args:
         image_size: side of the square input, divisible by `2 ** len(widths)`.
@@ -111,12 +112,10 @@ def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
         latent_dim: size of z.
         widths: filters per downsampling convolution.
         dense_units: size of the hidden dense layer (0 skips it).
-        num_classes: None, or the number of classes: adds a `labels` input.
 
     Returns:
         `keras.Model` mapping float32 `(batch, image_size, image_size, channels)` in [0, 1]
-        (and, with `num_classes`, int32 labels `(batch,)` in [0, num_classes]) to two float32
-        `(batch, latent_dim)` tensors.
+        to two float32 `(batch, latent_dim)` tensors.
     """
     images = keras.Input((image_size, image_size, channels), name="images")
     x = images
@@ -124,16 +123,11 @@ def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
         x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu",
                                 name=f"down_{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    inputs = images
-    if num_classes is not None:
-        labels, embedding = _label_embedding(num_classes, "class_embedding")
-        x = keras.layers.Concatenate(name="with_label")([x, embedding])
-        inputs = [images, labels]
     if dense_units:
         x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
     z_mean = keras.layers.Dense(latent_dim, dtype="float32", name="z_mean")(x)
     z_log_var = keras.layers.Dense(latent_dim, dtype="float32", name="z_log_var")(x)
-    return keras.Model(inputs, [z_mean, z_log_var], name=name)
+    return keras.Model(images, [z_mean, z_log_var], name=name)
 
 
 def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, num_classes=None,

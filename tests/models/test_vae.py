@@ -193,16 +193,20 @@ def tiny_cvae():
     return VAE(image_size=32, channels=1, num_classes=3, class_dropout=0.2, seed=0, **TINY)
 
 
-def test_conditional_vae_takes_labels_in_encoder_and_decoder(tiny_cvae, tiny_ct_batch):
+def test_conditional_vae_takes_labels_in_decoder_and_prior_only(tiny_cvae, tiny_ct_batch):
     gray, labels = tiny_ct_batch[..., :1], np.array([0, 1, 2, 2])
-    assert [t.name for t in tiny_cvae.encoder.inputs] == ["images", "labels"]
+    assert [t.name for t in tiny_cvae.encoder.inputs] == ["images"]  # q(z | x)
     assert [t.name for t in tiny_cvae.decoder.inputs] == ["z", "labels"]
+    assert tiny_cvae.prior_means.embeddings.shape == (4, 4)  # 3 classes + "no label"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(tiny_cvae.prior_means.embeddings),
+                                  0.0)  # training starts from N(0, I)
     assert tiny_cvae((gray, labels)).shape == gray.shape
     assert tiny_cvae(gray).shape == gray.shape  # images alone: "no label"
-    z_mean, _ = tiny_cvae.encode(gray, labels)
-    assert z_mean.shape == (4, 4)
-    assert not np.allclose(z_mean, tiny_cvae.encode(gray, 0)[0])  # q(z | x, y) sees y
+    z_mean, z_log_var = tiny_cvae.encode(gray)
+    assert z_mean.shape == z_log_var.shape == (4, 4)
     assert tiny_cvae.reconstruct(gray, "benign").shape == gray.shape
+    assert not np.allclose(tiny_cvae.reconstruct(gray, "benign"),
+                           tiny_cvae.reconstruct(gray, "normal"))  # the decoder sees y
     assert not any(isinstance(layer, keras.layers.Lambda)
                    for part in (tiny_cvae.encoder, tiny_cvae.decoder) for layer in part.layers)
 
@@ -229,6 +233,26 @@ def test_guidance_is_refused_by_the_vae(tiny_cvae, tiny_vae):
         tiny_cvae.generate(2, label=2, guidance=3.0)
     with pytest.raises(ValueError, match="`label` needs a VAE built with `num_classes`"):
         tiny_vae.generate(2, label="malignant")
+
+
+def test_conditional_prior_moves_samples_and_the_kl(tiny_cvae, tiny_ct_batch):
+    """p(z | y) = N(mu_y, I): generate decodes mu_y + eps; the KL is to N(mu_y, I)."""
+    gray, labels = tiny_ct_batch[..., :1], np.array([0, 1, 2, 2])
+    means = np.zeros((4, 4), "float32")
+    means[2] = [3.0, -2.0, 1.0, 0.5]
+    tiny_cvae.prior_means.embeddings.assign(means)
+    eps = keras.ops.convert_to_numpy(
+        keras.random.normal((3, 4), dtype="float32", seed=keras.random.SeedGenerator(5)))
+    np.testing.assert_allclose(tiny_cvae.generate(3, seed=5, label="malignant"),
+                               tiny_cvae.decode(eps + means[2], "malignant"), atol=1e-6)
+    np.testing.assert_allclose(tiny_cvae.generate(3, seed=5, label="normal"),
+                               tiny_cvae.decode(eps, "normal"), atol=1e-6)
+    z_mean, z_log_var = tiny_cvae.encode(gray)
+    prior = means[labels]
+    expected = np.mean(-0.5 * np.sum(1 + z_log_var - (z_mean - prior) ** 2 - np.exp(z_log_var),
+                                     axis=-1))
+    _, _, kl = tiny_cvae.compute_losses(gray, labels, training=False)
+    np.testing.assert_allclose(float(kl), expected, rtol=1e-5)
 
 
 def test_conditional_label_dropout_replaces_a_share_of_labels(tiny_cvae):
@@ -261,12 +285,16 @@ def test_conditional_save_load_and_config_round_trip(tiny_cvae, tiny_ct_batch, t
     tiny_cvae.compile(optimizer=keras.optimizers.Adam(1e-3))
     tiny_cvae.fit(tf.data.Dataset.from_tensor_slices((gray, labels)).batch(2), epochs=1,
                   verbose=0)
+    means = keras.ops.convert_to_numpy(tiny_cvae.prior_means.embeddings)
+    assert np.abs(means).max() > 0  # the KL gradient moved the class priors
     config = tiny_cvae.get_config()
     assert config["num_classes"] == 3 and config["class_dropout"] == 0.2
     assert VAE.from_config(config).get_config() == config
     tiny_cvae.save(tmp_path / "cvae.keras")
     reloaded = keras.models.load_model(tmp_path / "cvae.keras", safe_mode=True)
     assert reloaded.get_config() == config
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(reloaded.prior_means.embeddings),
+                                  means)
     for label in ("normal", "malignant", None):
         np.testing.assert_array_equal(reloaded.generate(3, seed=2, label=label),
                                       tiny_cvae.generate(3, seed=2, label=label))
