@@ -189,15 +189,16 @@ PRESETS = {
             ema_decay=0.99,  # 32 px -> an 8x8x4 latent
         ),
     ),
-    # Class conditioning on the phantom, about 70 min on 2 CPU cores (minutes on a GPU): 64 px,
-    # where the malignant masses span 3-9 px (at 32 px the classifier scored chance); 900
-    # slices; all four models. 150 samples per model (50 per class), so that a class fidelity
-    # of 41% is significant (one-sided binomial p < 0.05 against 33%). Measured on the
-    # hybrid's samples (150, blur-augmented classifier): fidelity grows with its training and
-    # its guidance, 31% / 33% / 40% at w = 0 / 2 / 5 after 120 epochs, 28% / 36% / 46% after
-    # 320. The pixel DDPM stays near chance at this budget (37% / 38% at w = 2 / 4 after 120
-    # epochs, 39% / 35% after 160): it is the slowest model to learn the lesions. A full run
-    # (69 min): hybrid 52% (p = 2e-6), DDIM 37%, conditional VAE 31%; real held-out 50%.
+    # Class conditioning on the phantom, about 70 min on 2 CPU cores: 64 px, where the
+    # malignant masses span 3-9 px (at 32 px the classifier scored chance); 900 slices; all
+    # four models. 150 samples per model (50 per class), so that a class fidelity of 41% is
+    # significant (one-sided binomial p < 0.05 against 33%). Measured (150 samples, a
+    # blur-augmented classifier at 41% on held-out slices): the hybrid's fidelity grows with
+    # training and guidance (40% / 46% at w = 5 after 120 / 320 epochs); the v-prediction
+    # DDPM reaches 37% / 38% at w = 2 / 3 after 120 epochs (epsilon-prediction: 37% / 38%
+    # at w = 2 / 4, with grey backgrounds); the class-prior VAE 45% at beta 0.25 after 150
+    # epochs (35% at beta 1). A full run (68 min, real held-out 47%): hybrid 46% (p = 9e-4), DPM++ 44%
+    # (p = 0.004), DDIM 40% (p = 0.051), conditional VAE 39% (p = 0.072).
     "classes": ExperimentConfig(
         name="classes",
         image_size=64,
