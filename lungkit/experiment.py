@@ -196,8 +196,8 @@ PRESETS = {
     # blur-augmented classifier at 41% on held-out slices): the hybrid's fidelity grows with
     # training and guidance (40% / 46% at w = 5 after 120 / 320 epochs); the v-prediction
     # DDPM reaches 37% / 38% at w = 2 / 3 after 120 epochs (epsilon-prediction: 37% / 38%
-    # at w = 2 / 4, with grey backgrounds); the class-prior VAE 45% at beta 0.25 after 150
-    # epochs (35% at beta 1). A full run (68 min, real held-out 47%): hybrid 46% (p = 9e-4),
+    # at w = 2 / 4, with grey backgrounds); the class-prior VAE 45% and 34% in two trainings
+    # at beta 0.25, 150 epochs (35% at beta 1). A full run (68 min, real held-out 47%): hybrid 46% (p = 9e-4),
     # DPM++ 44% (p = 0.004), DDIM 40% (p = 0.051), conditional VAE 39% (p = 0.072); its
     # models re-sampled 300 each (seed 1): 43%, 41%, 43%, 38% (p = 0.0502).
     "classes": ExperimentConfig(
