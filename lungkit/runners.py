@@ -38,6 +38,14 @@ def _class_arguments(config, section):
     return {"num_classes": NUM_CLASSES, "class_dropout": section.class_dropout}
 
 
+def _diffusion_arguments(section):
+    """The denoising-diffusion settings that the pixel and the latent config sections share."""
+    return {"timesteps": section.timesteps, "schedule": section.schedule,
+            "prediction": section.prediction, "widths": section.widths,
+            "blocks_per_level": section.blocks_per_level,
+            "attention_levels": section.attention_levels, "ema_decay": section.ema_decay}
+
+
 def timed_generate(generate, n, **kwargs):
     """Calls `generate(n, **kwargs)` once to warm up on 2 images, then times `n` images.
 
@@ -143,11 +151,8 @@ def run_diffusion(config, train_x, train_y, out_dir, progress=True):
     image_size, channels, seed, n = config.image_size, config.channels, config.seed, config.n_generate
     c = config.diffusion
     conditional = _class_arguments(config, c)
-    model = DiffusionModel(image_size=image_size, channels=channels, timesteps=c.timesteps,
-                           schedule=c.schedule, prediction=c.prediction, widths=c.widths,
-                           blocks_per_level=c.blocks_per_level,
-                           attention_levels=c.attention_levels, ema_decay=c.ema_decay,
-                           seed=seed, **conditional)
+    model = DiffusionModel(image_size=image_size, channels=channels, seed=seed,
+                           **_diffusion_arguments(c), **conditional)
     entry = _train(model, c, train_x, train_y, out_dir, config, "diffusion")
 
     def sample(name, title, count, steps, sampler, **extra):
@@ -191,10 +196,7 @@ def run_latent(config, train_x, train_y, out_dir, progress=True):
     scale_factor = autoencoder.compute_scale_factor(train_x)
     reconstructions = autoencoder.reconstruct(train_x[:n])
     conditional = _class_arguments(config, c)
-    model = LatentDiffusion(autoencoder, timesteps=c.timesteps, schedule=c.schedule,
-                            prediction=c.prediction, widths=c.widths, blocks_per_level=c.blocks_per_level,
-                            attention_levels=c.attention_levels, ema_decay=c.ema_decay,
-                            seed=seed, **conditional)
+    model = LatentDiffusion(autoencoder, seed=seed, **_diffusion_arguments(c), **conditional)
     entry = _train(model, c, train_x, train_y, out_dir / "diffusion", config,
                    "latent_diffusion", epochs=c.diffusion_epochs)
     stage1.pop("variants")

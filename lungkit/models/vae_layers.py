@@ -87,16 +87,6 @@ class Sampling(keras.layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def _label_embedding(num_classes, name):
-    """`labels` input `(batch,)` int32 in [0, num_classes] and its embedding `(batch, dims)`.
-
-    Index `num_classes` is the "no label" class that label dropout trains.
-    """
-    labels = keras.Input((), dtype="int32", name="labels")
-    embedding = keras.layers.Embedding(num_classes + 1, LABEL_EMBEDDING_DIMS, name=name)(labels)
-    return labels, embedding
-
-
 def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
                   dense_units=DEFAULT_DENSE_UNITS, name="encoder"):
     """Strided-convolution encoder: images -> `(z_mean, z_log_var)`.
@@ -148,7 +138,10 @@ def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, num_c
     z = keras.Input((latent_dim,), name="z")
     x, inputs = z, z
     if num_classes is not None:
-        labels, embedding = _label_embedding(num_classes, "class_embedding")
+        # num_classes + 1 rows: the last is "no label", which label dropout trains.
+        labels = keras.Input((), dtype="int32", name="labels")
+        embedding = keras.layers.Embedding(num_classes + 1, LABEL_EMBEDDING_DIMS,
+                                           name="class_embedding")(labels)
         x = keras.layers.Concatenate(name="with_label")([z, embedding])
         inputs = [z, labels]
     x = keras.layers.Dense(side * side * widths[-1], activation="relu", name="dense")(x)
