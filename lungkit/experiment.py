@@ -119,8 +119,10 @@ class ExperimentConfig:
     strategy: str = "auto"
     precision: str = "float32"
     conditional: bool = False  # class-conditional VAE, DDPM and hybrid, scored for fidelity
-    # Optimizer steps of the class-fidelity classifier, trained on the real training split.
+    # The class-fidelity judge: `classifier_members` CNNs (probabilities averaged), each
+    # trained `classifier_steps` optimizer steps on the real training split.
     classifier_steps: int = 3000
+    classifier_members: int = 1
     tstr_steps: int = 500  # each train-on-synthetic classifier's (one per conditional sampler)
     vae: VAEConfig = VAEConfig()
     denoiser: DenoiserConfig = DenoiserConfig()
@@ -137,7 +139,7 @@ class ExperimentConfig:
             )
         if self.channels not in (1, 3):
             raise ValueError(f"`channels` must be 1 or 3. Received: channels={self.channels}")
-        for field in ("classifier_steps", "tstr_steps"):
+        for field in ("classifier_steps", "classifier_members", "tstr_steps"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{field}` must be a positive int. Received: {field}={value!r}")
@@ -205,10 +207,11 @@ PRESETS = {
         image_size=64,
         channels=1,
         phantom_per_class=300,
-        n_generate=150,
+        n_generate=300,
         conditional=True,
         models=("vae", "denoiser", "diffusion", "latent"),
-        classifier_steps=2000,
+        classifier_steps=4000,
+        classifier_members=3,
         tstr_steps=400,
         vae=VAEConfig(epochs=150, batch_size=32, latent_dim=64, widths=(16, 32, 64, 128),
                       beta=0.25),
@@ -318,7 +321,9 @@ def compare(config=None, out_dir=None, progress=True):
     if config.conditional:
         classifier = _class_classifier(config, train_x, train_y, out_dir / "features", progress)
         held_out = metrics.class_fidelity(test_x, test_y, classifier)
-        results["classifier"] = {"name": classifier.name, "test_accuracy": held_out["accuracy"],
+        results["classifier"] = {"name": classifier.name, "members": config.classifier_members,
+                                 "steps": config.classifier_steps,
+                                 "test_accuracy": held_out["accuracy"],
                                  "test_accuracy_per_class": held_out["per_class"]}
         class_options = {"classifier": classifier, "real_labels": test_y}
     samples = {}
@@ -364,12 +369,14 @@ def compare(config=None, out_dir=None, progress=True):
 
 
 def _class_classifier(config, train_x, train_y, cache_dir, progress):
-    """The classifier that scores class fidelity: lungkit's CT classifier trained on the real
-    training split for `config.classifier_steps` steps (cached under `cache_dir`)."""
+    """The classifier that scores class fidelity: `config.classifier_members` of lungkit's CT
+    classifiers trained on the real training split for `config.classifier_steps` steps each,
+    their probabilities averaged (cached under `cache_dir`)."""
     from lungkit.features import load_or_train_classifier
 
     return load_or_train_classifier(train_x, train_y, cache_dir, steps=config.classifier_steps,
-                                    seed=config.seed, progress=progress)
+                                    members=config.classifier_members, seed=config.seed,
+                                    progress=progress)
 
 
 def _variant(results, model, variant):

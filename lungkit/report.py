@@ -86,6 +86,15 @@ def _memorization_baseline(results):
     return None
 
 
+def _judge(classifier):
+    """'a CNN classifier' or 'an ensemble of 3 CNN classifiers, 4000 steps each'."""
+    members, steps = classifier.get("members") or 1, classifier.get("steps")
+    each = f", {steps} optimizer steps{' each' if members > 1 else ''}," if steps else ""
+    if members > 1:
+        return f"an ensemble of {members} CNN classifiers (mean probability){each}"
+    return f"a CNN classifier{each}"
+
+
 def _class_table(results):
     """Per-class fidelity of every conditional variant, with the real held-out reference."""
     rows = []
@@ -249,10 +258,11 @@ def build_blocks(results, figures):
         classifier = results.get("classifier") or {}
         blocks.append(("h2", "Class-conditional generation"))
         blocks.append(("p", (
-            "Class fidelity: the share of samples that a classifier trained on the real "
-            f"training split (**{classifier.get('name', 'domain encoder')}**) assigns to the "
-            "class they were generated for (chance: 33%); the reference row is the same "
-            "classifier on the held-out real slices. TSTR: a classifier trained only on a "
+            f"Class fidelity: the share of samples that {_judge(classifier)} trained on the "
+            f"real training split (**{classifier.get('name', 'domain encoder')}**) assigns to "
+            "the class they were generated for (chance: 33%); the reference row is the same "
+            "judge on the held-out real slices, the most a model can score. The claim needs "
+            "each model above chance (one-sided binomial test). TSTR: a classifier trained only on a "
             "model's samples, tested on the held-out real slices (reference: trained on as "
             "many real training slices).")))
         blocks.append(("table", (header, rows)))

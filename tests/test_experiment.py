@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -114,7 +115,7 @@ def test_compare_writes_every_artefact(tmp_path):
 def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
     config = experiment.get_config(
         "quick", name="tiny_conditional", conditional=True, models=("vae", "diffusion"),
-        **{**TINY, "n_generate": 9, "diffusion.dpm_steps": 4})
+        classifier_members=2, **{**TINY, "n_generate": 9, "diffusion.dpm_steps": 4})
     experiment.compare(config, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     saved = json.loads((run / "metrics.json").read_text())
@@ -128,6 +129,10 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
         assert set(metrics["class_fidelity_per_class"]) == {"Normal", "Benign", "Malignant"}
     assert variants["dpm++"]["steps"] == 4 and "w=2" in variants["ddim"]["label"]
     assert 0.0 <= saved["classifier"]["test_accuracy"] <= 1.0
+    assert saved["classifier"]["members"] == 2 and saved["classifier"]["steps"] == 20
+    judge = load_model(next((run / "features").glob("ct_classifier_*.keras")))
+    assert [layer.name for layer in judge.layers if isinstance(layer, keras.Model)] == [
+        "ct_classifier_ensemble_0", "ct_classifier_ensemble_1"]
     assert saved["real_metrics"]["tstr_accuracy"] is not None
     claims = [c["claim"] for c in saved["claims"]]
     assert any("DPM-Solver++ at 4 steps" in c for c in claims)
@@ -135,6 +140,7 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
     report = (run / "report.md").read_text()
     assert "Class fidelity" in report and "TSTR accuracy" in report
     assert "Class-conditional generation" in report
+    assert "an ensemble of 2 CNN classifiers (mean probability), 20 optimizer steps each" in report
     figures = {p.name for p in (run / "figures").glob("*.png")}
     assert {"class_samples_vae.png", "class_samples_ddim.png", "class_samples_dpm__.png"} <= figures
 
