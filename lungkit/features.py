@@ -249,7 +249,8 @@ def train_classifier(images, labels, image_size=None, channels=None, num_classes
             many optimizer steps.
         steps: total optimizer steps, in place of `epochs` (the data is repeated to fit).
         augment: training-time augmentation (see `build_classifier`); `seed` seeds it.
-        progress: a progress bar over the optimizer steps.
+        progress: a progress bar over the optimizer steps; a str names it (default
+            "classifier").
     """
     images = check_images(images)
     labels = _check_labels(labels, len(images), num_classes)
@@ -272,7 +273,8 @@ def train_classifier(images, labels, image_size=None, channels=None, num_classes
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    callbacks = [_StepProgress(total, "classifier")] if progress else []
+    desc = progress if isinstance(progress, str) else "classifier"
+    callbacks = [_StepProgress(total, desc)] if progress else []
     history = model.fit(images, labels, epochs=epochs, batch_size=batch_size, shuffle=True,
                         verbose=0, callbacks=callbacks)
     logger.info("Trained classifier on %d images (%d px, %d epochs, %d steps): train accuracy "
@@ -334,7 +336,7 @@ def ensemble_classifiers(members, name="ct_classifier_ensemble"):
     return keras.Model(inputs, logits, name=name)
 
 
-def train_classifier_ensemble(images, labels, members=1, seed=0, **options):
+def train_classifier_ensemble(images, labels, members=1, seed=0, progress=False, **options):
     """`members` classifiers from `train_classifier`, seeds `seed, seed + 1, ...`, as one model.
 
     Trained on the 720 slices of the 64 px phantom's `classes` split for 6000 steps, two
@@ -345,7 +347,8 @@ def train_classifier_ensemble(images, labels, members=1, seed=0, **options):
     """
     if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
         raise ValueError(f"`members` must be a positive int. Received: members={members!r}")
-    models = [train_classifier(images, labels, seed=seed + index, **options)
+    models = [train_classifier(images, labels, seed=seed + index, **options,
+                               progress=progress and f"classifier {index + 1}/{members}")
               for index in range(members)]
     return models[0] if members == 1 else ensemble_classifiers(models)
 
@@ -354,11 +357,12 @@ def load_or_train_classifier(images, labels, cache_dir, **options):
     """`train_classifier_ensemble(images, labels, **options)`, saved once and reloaded after.
 
     The file is `cache_dir/ct_classifier_<hash>.keras`, the hash covering the images, labels,
-    options and `CLASSIFIER_VERSION`, so a rerun of the same experiment skips the training and
-    scores with the very same model. The model's `name` is the file's stem.
+    options (all but `progress`) and `CLASSIFIER_VERSION`, so a rerun of the same experiment
+    skips the training and scores with the very same model. The model's `name` is the file's
+    stem.
     """
     images = check_images(images)
-    settings = repr(sorted(options.items())).encode()
+    settings = repr(sorted((k, v) for k, v in options.items() if k != "progress")).encode()
     key = data_hash(images, np.asarray(labels), np.frombuffer(settings, dtype="uint8"),
                     np.asarray([CLASSIFIER_VERSION]))
     path = Path(cache_dir) / f"ct_classifier_{key}.keras"
