@@ -360,7 +360,7 @@ def add_experiment_commands(subparsers):
                          help="dataset folder (IQ-OTH/NCCD layout); default: the phantom set")
     compare.add_argument("--preset", default="quick", choices=("quick", "classes", "paper"),
                          help="quick: minutes on a CPU; classes: class-conditional models at "
-                              "64 px, all four (about 70 min on a CPU); paper: Chen (2024) "
+                              "64 px, all four (1.5-3 h on a CPU); paper: Chen (2024) "
                               "settings")
     compare.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     _add_experiment_options(compare)

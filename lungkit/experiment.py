@@ -191,17 +191,17 @@ PRESETS = {
             ema_decay=0.99,  # 32 px -> an 8x8x4 latent
         ),
     ),
-    # Class conditioning on the phantom, about 70 min on 2 CPU cores: 64 px, where the
-    # malignant masses span 3-9 px (at 32 px the classifier scored chance); 900 slices; all
-    # four models. 150 samples per model (50 per class), so that a class fidelity of 41% is
-    # significant (one-sided binomial p < 0.05 against 33%). Measured (150 samples, a
-    # blur-augmented classifier at 41% on held-out slices): the hybrid's fidelity grows with
-    # training and guidance (40% / 46% at w = 5 after 120 / 320 epochs); the v-prediction
-    # DDPM reaches 37% / 38% at w = 2 / 3 after 120 epochs (epsilon-prediction: 37% / 38%
-    # at w = 2 / 4, with grey backgrounds); the class-prior VAE 45% and 34% in two trainings
-    # at beta 0.25, 150 epochs (35% at beta 1). A full run (68 min, real held-out 47%): hybrid 46% (p = 9e-4),
-    # DPM++ 44% (p = 0.004), DDIM 40% (p = 0.051), conditional VAE 39% (p = 0.072); its
-    # models re-sampled 300 each (seed 1): 43%, 41%, 43%, 38% (p = 0.0502).
+    # Class conditioning on the phantom, 1.5-3 h on 2 CPU cores: 64 px, where the malignant
+    # masses span 3-9 px (at 32 px the classifier scored chance); 900 slices; all four
+    # models. 300 samples per model (100 per class): a class fidelity of 38.3% is significant
+    # (one-sided binomial p < 0.05 against 33%). The judge is 3 classifiers x 4000 steps
+    # (one scored 45-58% on held-out slices depending on its seed; 3 average that out).
+    # Earlier (150 samples, one classifier at 41%): hybrid 40% / 46% at w = 5 after 120 /
+    # 320 epochs; v-prediction DDPM 37% / 38% at w = 2 / 3 (epsilon: the same, grey
+    # backgrounds); class-prior VAE 45% and 34% in two trainings at beta 0.25. Full run
+    # with this preset (judge 49% on held-out real slices): DDIM 42% (p = 0.002), DPM++
+    # 42% (p = 7e-4), conditional VAE 36% (p = 0.15; 40% in the run before, 38-42% on
+    # re-drawn samples: the VAE's own reconstructions of training slices score 38-48%).
     "classes": ExperimentConfig(
         name="classes",
         image_size=64,
