@@ -199,9 +199,9 @@ PRESETS = {
     # Earlier (150 samples, one classifier at 41%): hybrid 40% / 46% at w = 5 after 120 /
     # 320 epochs; v-prediction DDPM 37% / 38% at w = 2 / 3 (epsilon: the same, grey
     # backgrounds); class-prior VAE 45% and 34% in two trainings at beta 0.25. Full run
-    # with this preset (judge 49% on held-out real slices): DDIM 42% (p = 0.002), DPM++
-    # 42% (p = 7e-4), conditional VAE 36% (p = 0.15; 40% in the run before, 38-42% on
-    # re-drawn samples: the VAE's own reconstructions of training slices score 38-48%).
+    # with this preset (judge 49% on held-out real slices): hybrid 48% (p = 6e-8), DDIM 42%
+    # (p = 0.002), DPM++ 42% (p = 7e-4), conditional VAE 36% (p = 0.15; 40% in the run
+    # before, 38-42% on re-drawn samples: its reconstructions of training slices score 38-48%).
     "classes": ExperimentConfig(
         name="classes",
         image_size=64,
