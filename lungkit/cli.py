@@ -180,6 +180,8 @@ def _train(args):
         strategy=args.strategy, precision=args.precision, jit=args.jit,
         learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
         images_per_epoch=count, save_every=args.save_every)
+    if getattr(model, "num_classes", None) and hasattr(model, "fit_class_prior"):
+        model.fit_class_prior(dataset(args.batch_size))  # a conditional VAE's ex-post prior
     model.save(out / f"{args.model}.keras")
     viz.plot_history(dict(history), keys=list(model.loss_names),
                      path=out / "curves.png", title=f"lungkit train {args.model}")

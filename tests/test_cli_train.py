@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -101,12 +102,22 @@ def test_model_registry_names_importable_classes():
 
 @pytest.mark.parametrize("model", ["vae", "diffusion"])
 def test_conditional_train_and_sample_with_label_and_guidance(model, phantom_dir, tmp_path,
-                                                              caplog):
+                                                              caplog, monkeypatch):
     assert cli.main(_train_args(model, phantom_dir, tmp_path, "--set", "num_classes=3",
                                 "--samples", "3", "--sample-steps", "2", "--epochs", "1",
                                 # EMA = online weights: after 3 steps the EMA barely moved
                                 *(["--set", "ema_decay=0"] if model == "diffusion" else []))) == 0
     saved = tmp_path / f"{model}.keras"
+    if model == "vae":  # training ends by fitting the class prior, saved with the model
+        assert keras.models.load_model(saved).has_fitted_prior
+    cls = cli.model_class(model)
+    generate, received = cls.generate, []
+
+    def spy(self, n, **kwargs):  # the real generate, recording the options it received
+        received.append(kwargs)
+        return generate(self, n, **kwargs)
+
+    monkeypatch.setattr(cls, "generate", spy)
     grids = {}
     for label in ("normal", "2"):
         out = tmp_path / f"{label}.png"
@@ -116,7 +127,10 @@ def test_conditional_train_and_sample_with_label_and_guidance(model, phantom_dir
             args += ["--steps", "3", "--guidance", "3.0"]
         assert cli.main(args) == 0
         grids[label] = np.asarray(Image.open(out), dtype=float)
-    assert not np.array_equal(grids["normal"], grids["2"])  # the label reaches the model
+    assert [options["label"] for options in received] == ["normal", 2]  # an index: an int
+    if model == "diffusion":  # after one epoch the VAE's label moves pixels < 1/255 (PNG)
+        assert not np.array_equal(grids["normal"], grids["2"])
+        assert [options["guidance"] for options in received] == [3.0, 3.0]
     caplog.clear()
     if model == "vae":  # guidance is a diffusion option: refused with the model's message
         assert cli.main(["sample", "vae", "--model", str(saved), "--label", "benign",

@@ -134,6 +134,7 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
     assert [layer.name for layer in judge.layers if isinstance(layer, keras.Model)] == [
         "ct_classifier_ensemble_0", "ct_classifier_ensemble_1"]
     assert saved["real_metrics"]["tstr_accuracy"] is not None
+    assert load_model(run / "vae" / "vae.keras").has_fitted_prior  # sampled from its class prior
     claims = [c["claim"] for c in saved["claims"]]
     assert any("DPM-Solver++ at 4 steps" in c for c in claims)
     assert any("requested class" in c for c in claims)

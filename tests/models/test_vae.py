@@ -278,6 +278,9 @@ def test_conditional_vae_learns_the_class_end_to_end():
     assert losses[-1] < losses[0] - 100  # ~715 -> ~525
     dark, bright = model.generate(8, seed=0, label=0), model.generate(8, seed=0, label=1)
     assert dark.mean() < 0.4 and bright.mean() > 0.7  # the data: 0.2 and 0.8
+    model.fit_class_prior(images, labels)  # the ex-post prior keeps the classes apart
+    dark, bright = model.generate(8, seed=0, label=0), model.generate(8, seed=0, label=1)
+    assert dark.mean() < 0.4 and bright.mean() > 0.7
 
 
 def test_conditional_save_load_and_config_round_trip(tiny_cvae, tiny_ct_batch, tmp_path):
@@ -300,3 +303,64 @@ def test_conditional_save_load_and_config_round_trip(tiny_cvae, tiny_ct_batch, t
                                       tiny_cvae.generate(3, seed=2, label=label))
     np.testing.assert_array_equal(reloaded.reconstruct(gray, labels),
                                   tiny_cvae.reconstruct(gray, labels))
+
+
+def test_fit_class_prior_fits_a_gaussian_per_class_and_generate_samples_it(tiny_cvae,
+                                                                             tmp_path):
+    """p(z | y) = N(m_y, C_y + jitter I) of the encodings; generate decodes m_y + L_y eps."""
+    rng = np.random.default_rng(0)
+    images = rng.random((30, 32, 32, 1)).astype("float32")
+    labels = np.arange(30) % 3
+    learned = tiny_cvae.generate(3, seed=5, label="malignant")
+    assert not tiny_cvae.has_fitted_prior
+    assert tiny_cvae.fit_class_prior(images, labels, jitter=0.01) == {0: 10, 1: 10, 2: 10}
+    assert tiny_cvae.has_fitted_prior
+    z_mean, _ = tiny_cvae.encode(images)
+    locs = keras.ops.convert_to_numpy(tiny_cvae.class_prior_loc)
+    scales = keras.ops.convert_to_numpy(tiny_cvae.class_prior_scale)
+    for row, rows in enumerate([labels == 0, labels == 1, labels == 2, slice(None)]):
+        np.testing.assert_allclose(locs[row], z_mean[rows].mean(axis=0), rtol=1e-4, atol=1e-5)
+        cov = np.cov(z_mean[rows], rowvar=False) + 0.01 * np.eye(4)
+        np.testing.assert_allclose(scales[row] @ scales[row].T, cov, rtol=1e-3, atol=1e-5)
+        assert np.allclose(scales[row], np.tril(scales[row]))  # a Cholesky factor
+    eps = keras.ops.convert_to_numpy(
+        keras.random.normal((3, 4), dtype="float32", seed=keras.random.SeedGenerator(5)))
+    fitted = tiny_cvae.generate(3, seed=5, label="malignant")
+    np.testing.assert_allclose(fitted, tiny_cvae.decode(locs[2] + eps @ scales[2].T, 2),
+                               atol=1e-5)
+    np.testing.assert_array_equal(tiny_cvae.generate(3, seed=5, label="malignant",
+                                                     prior="fitted"), fitted)
+    np.testing.assert_array_equal(tiny_cvae.generate(3, seed=5, label="malignant",
+                                                     prior="learned"), learned)
+    np.testing.assert_allclose(tiny_cvae.generate(3, seed=5),  # None: the "no label" row
+                               tiny_cvae.decode(locs[3] + eps @ scales[3].T), atol=1e-5)
+    tiny_cvae.save(tmp_path / "cvae.keras")
+    reloaded = keras.models.load_model(tmp_path / "cvae.keras", safe_mode=True)
+    assert reloaded.has_fitted_prior
+    np.testing.assert_array_equal(reloaded.generate(3, seed=5, label="malignant"), fitted)
+    # A dataset of (images, labels) batches fits the same prior as the arrays.
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(7)
+    tiny_cvae.fit_class_prior(batches, jitter=0.01)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tiny_cvae.class_prior_loc), locs,
+                               atol=1e-5)
+
+
+def test_fit_class_prior_and_prior_argument_errors(tiny_cvae, tiny_vae):
+    images = np.random.default_rng(0).random((6, 32, 32, 1)).astype("float32")
+    with pytest.raises(ValueError, match="prior='fitted' needs `fit_class_prior` first"):
+        tiny_cvae.generate(2, label=0, prior="fitted")
+    with pytest.raises(ValueError, match="`prior` must be 'learned', 'fitted' or None. "
+                                         "Received: prior='gmm'"):
+        tiny_cvae.generate(2, label=0, prior="gmm")
+    with pytest.raises(ValueError, match="at least 2 images of every class. Received counts "
+                                         r"per class: \{0: 3, 1: 3, 2: 0\}"):
+        tiny_cvae.fit_class_prior(images, [0, 1, 0, 1, 0, 1])
+    with pytest.raises(ValueError, match="`labels` is required"):
+        tiny_cvae.fit_class_prior(images)
+    with pytest.raises(ValueError, match="`jitter` must be a number >= 0"):
+        tiny_cvae.fit_class_prior(images, [0, 1, 2] * 2, jitter=-1.0)
+    with pytest.raises(ValueError, match="needs a conditional VAE"):
+        tiny_vae.fit_class_prior(images, [0, 1, 2] * 2)
+    with pytest.raises(ValueError, match="`prior` applies to a conditional VAE"):
+        tiny_vae.generate(2, prior="learned")
+    assert not tiny_cvae.has_fitted_prior and not tiny_vae.has_fitted_prior
