@@ -463,11 +463,14 @@ class VAE(GenerativeModel):
         generator = self.generation_seeds if seed is None else keras.random.SeedGenerator(int(seed))
         z = keras.random.normal((int(n), self.latent_dim), dtype="float32", seed=generator)
         if self.num_classes is not None and prior != "learned" and self.has_fitted_prior:
-            scale = ops.take(self.class_prior_scale, labels, axis=0)  # (n, dim, dim)
-            z = ops.take(self.class_prior_loc, labels, axis=0) + ops.einsum("nij,nj->ni", scale, z)
+            z, locs = ops.convert_to_numpy(z), ops.convert_to_numpy(self.class_prior_loc)
+            scales = ops.convert_to_numpy(self.class_prior_scale)
+            for label in np.unique(labels):  # z = m_y + L_y eps, one class at a time
+                rows = labels == label
+                z[rows] = locs[label] + z[rows] @ scales[label].T
         else:
-            z = z + self._prior_mean(labels)
-        return self._decode_batches(ops.convert_to_numpy(z), labels, batch_size)
+            z = ops.convert_to_numpy(z + self._prior_mean(labels))
+        return self._decode_batches(z, labels, batch_size)
 
     def get_config(self):
         return {**super().get_config(), "image_size": self.image_size,
