@@ -8,10 +8,15 @@ generates `config.n_generate` samples per sampling variant, timed by `timed_gene
 the functions, so importing this module (and `lungkit.experiment`) stays light.
 """
 
+import json
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 NUM_CLASSES = 3  # Normal, Benign, Malignant (lungkit.data.images.CLASS_NAMES)
 
@@ -63,24 +68,75 @@ def timed_generate(generate, n, **kwargs):
     return images, n / max(elapsed, 1e-9)
 
 
+# Config fields that only change sampling: editing them does not retrain a finished model.
+SAMPLING_FIELDS = ("sampling_steps", "dpm_steps", "guidance", "ddpm_timing_images")
+DONE_SUFFIX = ".done.json"  # `<name>.done.json`: the fingerprint of a finished training
+
+
+def training_fingerprint(model, config_section, train_x, train_y, config, epochs):
+    """What a finished training depends on: the model class, its config section (sampling
+    fields aside), epochs, image size, channels, conditioning, seed and the training data."""
+    import dataclasses
+
+    from lungkit.features import data_hash
+
+    section = {k: v for k, v in dataclasses.asdict(config_section).items()
+               if k not in SAMPLING_FIELDS}
+    return json.loads(json.dumps({
+        "model": type(model).__name__, "section": section, "epochs": epochs,
+        "image_size": config.image_size, "channels": config.channels,
+        "conditional": config.conditional, "seed": config.seed,
+        "data": data_hash(np.asarray(train_x), np.asarray(train_y)),
+    }))
+
+
+def _reuse(model, out_dir, name, fingerprint):
+    """Loads the weights of a training that finished with `fingerprint`; its history or None.
+
+    A `compare` killed after some models finished then skips them when run again into the
+    same folder (the model in progress resumes from its backup, `lungkit.training.fit`).
+    """
+    from lungkit.callbacks import HISTORY_FILE, read_history
+
+    marker, path = out_dir / f"{name}{DONE_SUFFIX}", out_dir / f"{name}.keras"
+    if not (marker.exists() and path.exists()):
+        return None
+    if json.loads(marker.read_text()) != fingerprint:
+        logger.info("Retraining %s: %s was written for another config or data", name, marker)
+        return None
+    with warnings.catch_warnings():  # the optimizer's state is not needed to sample
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
+    logger.info("Reusing %s, trained to %d epochs (%s)", path, fingerprint["epochs"], marker.name)
+    return read_history(out_dir / HISTORY_FILE)
+
+
 def _train(model, config_section, train_x, train_y, out_dir, config, name, epochs=None):
     """Compiles `model` with Adam, fits it with lungkit's callbacks, returns the entry dict.
 
-    Trains `epochs` epochs, default `config_section.epochs`.
+    Trains `epochs` epochs, default `config_section.epochs`. A training that finished in
+    `out_dir` with the same fingerprint (`training_fingerprint`) is loaded, not repeated;
+    its epoch timings come from its `history.csv`.
     """
     import keras
 
     from lungkit import training
     from lungkit.data.pipeline import make_dataset
 
+    out_dir = Path(out_dir)
     model.compile(optimizer=keras.optimizers.Adam(config_section.learning_rate))
-    dataset = make_dataset(
-        train_x, train_y, batch_size=config_section.batch_size, image_size=config.image_size,
-        channels=config.channels, shuffle=True, seed=config.seed,
-        with_labels=getattr(model, "num_classes", None) is not None,
-    )
     epochs = config_section.epochs if epochs is None else epochs
-    history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
+    fingerprint = training_fingerprint(model, config_section, train_x, train_y, config, epochs)
+    history = _reuse(model, out_dir, name, fingerprint)
+    if history is None:
+        (out_dir / f"{name}{DONE_SUFFIX}").unlink(missing_ok=True)  # stale once training starts
+        dataset = make_dataset(
+            train_x, train_y, batch_size=config_section.batch_size,
+            image_size=config.image_size, channels=config.channels, shuffle=True,
+            seed=config.seed, with_labels=getattr(model, "num_classes", None) is not None,
+        )
+        history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
+        (out_dir / f"{name}{DONE_SUFFIX}").write_text(json.dumps(fingerprint, indent=1))
     seconds = list(history.get("epoch_seconds", []))
     steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch includes tracing
     return {

@@ -1,6 +1,7 @@
 """The comparison experiment end to end on a tiny config, and its pieces."""
 
 import json
+import logging
 
 import keras
 import numpy as np
@@ -166,3 +167,55 @@ def test_class_fidelity_claim_needs_a_significant_excess_over_chance():
     assert verdict(0.4, 20)[0] == "FAIL" and "(p=0.17)" in verdict(0.4, 20)[1]
     assert verdict(0.4, 200)[0] == "PASS"
     assert experiment.above_chance_p(1 / 3, 300, 1 / 3) > 0.4
+
+
+def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, caplog):
+    """A second compare into the same folder loads what finished; a changed section retrains."""
+    config = experiment.get_config("quick", name="tiny_reuse", models=("vae", "latent"),
+                                   conditional=True, **{
+                                       **TINY, "latent.autoencoder_epochs": 1,
+                                       "latent.diffusion_epochs": 2, "latent.batch_size": 8,
+                                       "latent.timesteps": 100, "latent.sampling_steps": 3})
+    run = tmp_path / "run"
+    experiment.compare(config, run, progress=False)
+    first = json.loads((run / "metrics.json").read_text())["models"]
+    markers = sorted(p.name for p in run.rglob("*.done.json"))
+    assert markers == ["autoencoder.done.json", "latent_diffusion.done.json", "vae.done.json"]
+    caplog.set_level(logging.INFO, logger="lungkit.runners")
+    # guidance only changes sampling: the hybrid is reused; vae.epochs retrains the VAE
+    changed = config.replace(**{"vae.epochs": 3, "latent.guidance": 1.0})
+    experiment.compare(changed, run, progress=False)
+    second = json.loads((run / "metrics.json").read_text())["models"]
+    assert "Reusing" in caplog.text and "autoencoder.keras" in caplog.text
+    assert "latent_diffusion.keras" in caplog.text
+    assert "Retraining vae" in caplog.text
+    for key in ("seconds_per_epoch", "history"):  # both stages: from the first training
+        assert second["latent"][key] == first["latent"][key], key
+        assert second["latent"]["autoencoder"][key] == first["latent"]["autoencoder"][key], key
+    assert second["vae"]["epochs"] == 3 and len(second["vae"]["history"]["epoch"]) == 3
+    assert "w=1" in second["latent"]["variants"]["latent"]["label"]
+    assert load_model(run / "vae" / "vae.keras").has_fitted_prior
+
+
+def test_training_fingerprint_covers_data_and_training_but_not_sampling():
+    from lungkit.models.vae import VAE
+    from lungkit.runners import training_fingerprint
+
+    config = experiment.get_config("quick")
+    model = VAE(image_size=32, channels=1, latent_dim=4, widths=(8, 16))
+    x, y = np.zeros((4, 32, 32, 1), "float32"), np.array([0, 1, 2, 0])
+
+    def fingerprint(**overrides):
+        changed = config.replace(**overrides) if overrides else config
+        return training_fingerprint(model, changed.vae, x, y, changed, 5)
+
+    base = fingerprint()
+    assert base == json.loads(json.dumps(base))  # what the marker file holds
+    assert fingerprint(**{"diffusion.guidance": 9.0}) == base  # another section
+    assert fingerprint(n_generate=3) == base  # sampling only
+    for overrides in ({"vae.beta": 0.5}, {"vae.learning_rate": 1e-4}, {"seed": 1},
+                      {"conditional": True}, {"image_size": 64}):
+        assert fingerprint(**overrides) != base, overrides
+    assert training_fingerprint(model, config.vae, x + 0.5, y, config, 5) != base
+    assert training_fingerprint(model, config.vae, x, y, config, 6) != base
+    assert "guidance" not in training_fingerprint(model, config.latent, x, y, config, 5)["section"]
