@@ -362,8 +362,9 @@ def add_experiment_commands(subparsers):
                          help="dataset folder (IQ-OTH/NCCD layout); default: the phantom set")
     compare.add_argument("--preset", default="quick", choices=("quick", "classes", "paper"),
                          help="quick: minutes on a CPU; classes: class-conditional models at "
-                              "64 px, all four (1.5-3 h on a CPU); paper: Chen (2024) "
-                              "settings")
+                              "64 px, all four (2-4 h on a 2-core CPU); paper: Chen (2024) "
+                              "settings. Run again into the same --out after a crash: "
+                              "finished models are loaded, the one in progress resumes")
     compare.add_argument("--out", default=None, help="run folder (default runs/<preset>)")
     _add_experiment_options(compare)
     compare.set_defaults(handler=lambda a: _run_compare(a, a.preset, a.data, a.out))

@@ -191,7 +191,7 @@ PRESETS = {
             ema_decay=0.99,  # 32 px -> an 8x8x4 latent
         ),
     ),
-    # Class conditioning on the phantom, 1.5-3 h on 2 CPU cores: 64 px, where the malignant
+    # Class conditioning on the phantom, 2-4 h on 2 CPU cores: 64 px, where the malignant
     # masses span 3-9 px (at 32 px the classifier scored chance); 900 slices; all four
     # models. 900 samples per model (300 per class): a class fidelity of 36.0% is significant
     # (one-sided binomial p < 0.05 against 33%; 38.3% at 300 samples). The judge is 3
@@ -286,6 +286,11 @@ def load_split(config, out_dir):
 
 def compare(config=None, out_dir=None, progress=True):
     """Runs the comparison experiment and writes its report.
+
+    Run again into the same `out_dir` (after a crash, or with sampling settings changed), it
+    loads the models whose training finished there with the same settings and data (see
+    `lungkit.runners.training_fingerprint`), resumes the one in progress from its backup,
+    and trains the rest.
 
     Args:
         config: an `ExperimentConfig` (default: the "quick" preset) or a preset name.

@@ -11,7 +11,6 @@ the functions, so importing this module (and `lungkit.experiment`) stays light.
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +89,14 @@ def training_fingerprint(model, config_section, train_x, train_y, config, epochs
     }))
 
 
-def _reuse(model, out_dir, name, fingerprint):
+def _reuse(model, dataset, out_dir, name, fingerprint):
     """Loads the weights of a training that finished with `fingerprint`; its history or None.
 
     A `compare` killed after some models finished then skips them when run again into the
     same folder (the model in progress resumes from its backup, `lungkit.training.fit`).
     """
     from lungkit.callbacks import HISTORY_FILE, read_history
+    from lungkit.training import ensure_built
 
     marker, path = out_dir / f"{name}{DONE_SUFFIX}", out_dir / f"{name}.keras"
     if not (marker.exists() and path.exists()):
@@ -104,9 +104,8 @@ def _reuse(model, out_dir, name, fingerprint):
     if json.loads(marker.read_text()) != fingerprint:
         logger.info("Retraining %s: %s was written for another config or data", name, marker)
         return None
-    with warnings.catch_warnings():  # the optimizer's state is not needed to sample
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(path)
+    ensure_built(model, model.distribute_strategy, dataset)  # a subclassed U-Net builds late
+    model.load_weights(path)
     logger.info("Reusing %s, trained to %d epochs (%s)", path, fingerprint["epochs"], marker.name)
     return read_history(out_dir / HISTORY_FILE)
 
@@ -127,14 +126,14 @@ def _train(model, config_section, train_x, train_y, out_dir, config, name, epoch
     model.compile(optimizer=keras.optimizers.Adam(config_section.learning_rate))
     epochs = config_section.epochs if epochs is None else epochs
     fingerprint = training_fingerprint(model, config_section, train_x, train_y, config, epochs)
-    history = _reuse(model, out_dir, name, fingerprint)
+    dataset = make_dataset(
+        train_x, train_y, batch_size=config_section.batch_size, image_size=config.image_size,
+        channels=config.channels, shuffle=True, seed=config.seed,
+        with_labels=getattr(model, "num_classes", None) is not None,
+    )
+    history = _reuse(model, dataset, out_dir, name, fingerprint)
     if history is None:
         (out_dir / f"{name}{DONE_SUFFIX}").unlink(missing_ok=True)  # stale once training starts
-        dataset = make_dataset(
-            train_x, train_y, batch_size=config_section.batch_size,
-            image_size=config.image_size, channels=config.channels, shuffle=True,
-            seed=config.seed, with_labels=getattr(model, "num_classes", None) is not None,
-        )
         history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
         (out_dir / f"{name}{DONE_SUFFIX}").write_text(json.dumps(fingerprint, indent=1))
     seconds = list(history.get("epoch_seconds", []))

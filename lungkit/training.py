@@ -220,7 +220,7 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
         images_per_epoch=images_per_epoch,
         tensorboard=tensorboard, initial_epoch=initial_epoch, save_every=save_every)
     if not model.built and hasattr(model, "compute_losses"):  # BackupAndRestore needs it
-        _ensure_built(model, model.distribute_strategy, dataset)
+        ensure_built(model, model.distribute_strategy, dataset)
     model._initial_epoch = None  # an earlier restore must not leak into this run
     model.fit(dataset, epochs=epochs, validation_data=validation_data,
               callbacks=[ShuffleEpoch(dataset, validation_data), *defaults, *callbacks],
@@ -283,7 +283,7 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
     return model, history
 
 
-def _ensure_built(model, strategy, dataset):
+def ensure_built(model, strategy, dataset):
     """Creates every model and optimizer variable eagerly, in `strategy.scope()`."""
     with strategy.scope():
         if not model.built:
@@ -319,7 +319,7 @@ def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
     """
     name, out_dir, chief = name or model.name, Path(out_dir), is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
-    _ensure_built(model, strategy, dataset)
+    ensure_built(model, strategy, dataset)
     task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
     backup = out_dir / (BACKUP_DIR if chief else f"{BACKUP_DIR}_worker{task}")
     start = resume_epoch(backup) or 0

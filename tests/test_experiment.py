@@ -171,7 +171,8 @@ def test_class_fidelity_claim_needs_a_significant_excess_over_chance():
 
 def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, caplog):
     """A second compare into the same folder loads what finished; a changed section retrains."""
-    config = experiment.get_config("quick", name="tiny_reuse", models=("vae", "latent"),
+    config = experiment.get_config("quick", name="tiny_reuse",
+                                   models=("vae", "denoiser", "latent"),
                                    conditional=True, **{
                                        **TINY, "latent.autoencoder_epochs": 1,
                                        "latent.diffusion_epochs": 2, "latent.batch_size": 8,
@@ -180,14 +181,16 @@ def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, c
     experiment.compare(config, run, progress=False)
     first = json.loads((run / "metrics.json").read_text())["models"]
     markers = sorted(p.name for p in run.rglob("*.done.json"))
-    assert markers == ["autoencoder.done.json", "latent_diffusion.done.json", "vae.done.json"]
+    assert markers == ["autoencoder.done.json", "denoiser.done.json",
+                       "latent_diffusion.done.json", "vae.done.json"]
     caplog.set_level(logging.INFO, logger="lungkit.runners")
     # guidance only changes sampling: the hybrid is reused; vae.epochs retrains the VAE
     changed = config.replace(**{"vae.epochs": 3, "latent.guidance": 1.0})
     experiment.compare(changed, run, progress=False)
     second = json.loads((run / "metrics.json").read_text())["models"]
     assert "Reusing" in caplog.text and "autoencoder.keras" in caplog.text
-    assert "latent_diffusion.keras" in caplog.text
+    assert "latent_diffusion.keras" in caplog.text and "denoiser.keras" in caplog.text
+    assert second["denoiser"]["history"] == first["denoiser"]["history"]
     assert "Retraining vae" in caplog.text
     for key in ("seconds_per_epoch", "history"):  # both stages: from the first training
         assert second["latent"][key] == first["latent"][key], key
