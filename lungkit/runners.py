@@ -161,7 +161,7 @@ def run_vae(config, train_x, train_y, out_dir, progress=True):
     model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
                 widths=c.widths, beta=c.beta, seed=seed, **conditional)
     entry = _train(model, c, train_x, train_y, out_dir, config, "vae")
-    if config.conditional:  # the ex-post class prior, saved with the model
+    if config.conditional and not model.has_fitted_prior:  # the ex-post class prior, saved
         model.fit_class_prior(train_x, train_y)
         model.save(out_dir / "vae.keras")
     labels = {"label": conditional_labels(n)} if config.conditional else {}

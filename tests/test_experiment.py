@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 
 import keras
 import numpy as np
@@ -19,6 +20,29 @@ TINY = dict(
        "diffusion.timesteps": 100, "diffusion.sampling_steps": 5,
        "diffusion.ddpm_timing_images": 2},
 )
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tmp_path_factory):
+    """The tiny runs' domain encoder, trained once for this module.
+
+    Its file name hashes the training split and the encoder's settings, which every TINY
+    config shares, so `compare` loads it from `<run>/features` instead of training its own.
+    """
+    from lungkit.features import get_feature_extractor
+
+    root = tmp_path_factory.mktemp("tiny_features")
+    train_x, train_y, *_ = experiment.load_split(experiment.get_config("quick", **TINY), root)
+    encoder = get_feature_extractor("domain", train_images=train_x, train_labels=train_y,
+                                    cache_dir=root / "features")
+    return root / "features", encoder.name
+
+
+def _run_folder(tmp_path, tiny_features):
+    """`<tmp_path>/run`, holding the module's domain encoder in its feature cache."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_features[0], run / "features")
+    return run
 
 
 def test_split_is_stratified_disjoint_and_seeded():
@@ -82,10 +106,11 @@ def test_claims_compare_the_measured_numbers():
     assert blurry["verdict"] == "FAIL" and "99.0" in blurry["evidence"]
 
 
-def test_compare_writes_every_artefact(tmp_path):
+def test_compare_writes_every_artefact(tmp_path, tiny_features):
     config = experiment.get_config("quick", name="tiny", **TINY)
-    results = experiment.compare(config, tmp_path / "run", progress=False)
-    run = tmp_path / "run"
+    run = _run_folder(tmp_path, tiny_features)
+    results = experiment.compare(config, run, progress=False)
+    assert results["feature_extractor"] == tiny_features[1]  # found in the feature cache
     for name in ("report.md", "report.html", "metrics.json"):
         assert (run / name).stat().st_size > 0, name
     figures = {p.name for p in (run / "figures").glob("*.png")}
@@ -113,12 +138,12 @@ def test_compare_writes_every_artefact(tmp_path):
     assert diffusion.prediction == config.diffusion.prediction == "v"
 
 
-def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path):
+def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_features):
     config = experiment.get_config(
         "quick", name="tiny_conditional", conditional=True, models=("vae", "diffusion"),
         classifier_members=2, **{**TINY, "n_generate": 9, "diffusion.dpm_steps": 4})
-    experiment.compare(config, tmp_path / "run", progress=False)
-    run = tmp_path / "run"
+    run = _run_folder(tmp_path, tiny_features)
+    experiment.compare(config, run, progress=False)
     saved = json.loads((run / "metrics.json").read_text())
     variants = {**saved["models"]["vae"]["variants"], **saved["models"]["diffusion"]["variants"]}
     assert set(variants) == {"vae", "ddim", "dpm++", "ddpm"}
@@ -169,14 +194,15 @@ def test_class_fidelity_claim_needs_a_significant_excess_over_chance():
     assert experiment.above_chance_p(1 / 3, 300, 1 / 3) > 0.4
 
 
-def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, caplog):
+def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, caplog,
+                                                                     tiny_features):
     """A second compare into the same folder loads what finished; a changed section retrains."""
     config = experiment.get_config("quick", name="tiny_reuse",
                                    models=("vae", "denoiser", "latent"), **{
                                        **TINY, "latent.autoencoder_epochs": 1,
                                        "latent.diffusion_epochs": 2, "latent.batch_size": 8,
                                        "latent.timesteps": 100, "latent.sampling_steps": 3})
-    run = tmp_path / "run"
+    run = _run_folder(tmp_path, tiny_features)
     experiment.compare(config, run, progress=False)
     first = json.loads((run / "metrics.json").read_text())["models"]
     markers = sorted(p.name for p in run.rglob("*.done.json"))
