@@ -341,9 +341,10 @@ def _add_experiment_options(parser):
                         help="samples per model for the metrics")
     parser.add_argument("--limit", type=int, default=None, help="at most N images per class")
     parser.add_argument("--strategy", default=None,
-                        help="auto|cpu|mirrored|multiworker|tpu (tf.distribute)")
+                        help="auto|cpu|mirrored|tpu: the tf.distribute strategy every model "
+                        "is built and trained under")
     parser.add_argument("--precision", default=None,
-                        help="float32|mixed_float16|mixed_bfloat16")
+                        help="float32|mixed_float16|mixed_bfloat16: every model's dtype policy")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any config field, e.g. --set vae.epochs=50 "
                         "--set diffusion.sampling_steps=25 (repeatable)")

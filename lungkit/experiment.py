@@ -35,6 +35,9 @@ from lungkit.runners import (  # noqa: F401 - conditional_labels, timed_generate
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("vae", "denoiser", "diffusion", "latent")
+# lungkit.training's strategies and precisions (not imported: this module stays TensorFlow-free)
+COMPARE_STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SIGNIFICANCE = 0.05  # the claims' one-sided test level (class fidelity above chance)
 
 
@@ -116,8 +119,8 @@ class ExperimentConfig:
     n_generate: int = 64  # samples per model for the metrics
     models: tuple = ("vae", "denoiser", "diffusion")
     features: str = "auto"  # FID/KID features: "auto" | "inception" | "domain"
-    strategy: str = "auto"
-    precision: str = "float32"
+    strategy: str = "auto"  # tf.distribute strategy every model is built and trained under
+    precision: str = "float32"  # Keras dtype policy of every model
     conditional: bool = False  # class-conditional VAE, DDPM and hybrid, scored for fidelity
     # The class-fidelity judge: `classifier_members` CNNs (probabilities averaged), each
     # trained `classifier_steps` optimizer steps on the real training split.
@@ -145,6 +148,14 @@ class ExperimentConfig:
                 raise ValueError(f"`{field}` must be a positive int. Received: {field}={value!r}")
         if self.n_generate < 2:
             raise ValueError(f"`n_generate` must be >= 2. Received: n_generate={self.n_generate}")
+        if self.strategy not in COMPARE_STRATEGIES:
+            raise ValueError(
+                f"`strategy` must be one of {COMPARE_STRATEGIES} (compare runs on one machine; "
+                f"`lungkit train --strategy multiworker` trains across several). "
+                f"Received: strategy={self.strategy!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}. "
+                             f"Received: precision={self.precision!r}")
 
     def to_dict(self):
         return dataclasses.asdict(self)

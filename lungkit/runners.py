@@ -74,7 +74,8 @@ DONE_SUFFIX = ".done.json"  # `<name>.done.json`: the fingerprint of a finished 
 
 def training_fingerprint(model, config_section, train_x, train_y, config, epochs):
     """What a finished training depends on: the model class, its config section (sampling
-    fields aside), epochs, image size, channels, conditioning, seed and the training data."""
+    fields aside), epochs, image size, channels, precision, conditioning, seed and the
+    training data."""
     import dataclasses
 
     from lungkit.features import data_hash
@@ -84,7 +85,7 @@ def training_fingerprint(model, config_section, train_x, train_y, config, epochs
     return json.loads(json.dumps({
         "model": type(model).__name__, "section": section, "epochs": epochs,
         "image_size": config.image_size, "channels": config.channels,
-        "conditional": config.conditional, "seed": config.seed,
+        "precision": config.precision, "conditional": config.conditional, "seed": config.seed,
         "data": data_hash(np.asarray(train_x), np.asarray(train_y)),
     }))
 
@@ -284,9 +285,20 @@ RUNNERS = {"vae": run_vae, "denoiser": run_denoiser, "diffusion": run_diffusion,
 def train_and_sample(model_name, config, train_x, train_y, out_dir, progress=True):
     """Trains one model of the comparison and generates its samples.
 
+    The model is built, trained and sampled in `config.strategy`'s scope under the dtype
+    policy `config.precision`; the global policy is restored afterwards.
+
     Returns `(entry, samples)`: the model's results dict (timings, history, one entry per
     sampling variant) and `{variant: float32 images in [0, 1]}`.
     """
+    from lungkit import training
+
     if model_name not in RUNNERS:
         raise ValueError(f"`model_name` must be one of {tuple(RUNNERS)}. Received: {model_name!r}")
-    return RUNNERS[model_name](config, train_x, train_y, out_dir, progress=progress)
+    strategy = training.get_strategy(config.strategy)
+    previous = training.set_precision(config.precision)  # read by layers as they are built
+    try:
+        with strategy.scope():  # variables placed on every replica; `fit` follows the model
+            return RUNNERS[model_name](config, train_x, train_y, out_dir, progress=progress)
+    finally:
+        training.set_precision(previous)

@@ -73,7 +73,9 @@ def test_config_overrides_reach_nested_sections():
      ({"channels": 2}, "channels"), ({"nope.epochs": 1}, "Unknown config section"),
      ({"classifier_steps": 0}, r"`classifier_steps` must be a positive int. Received: "
                                r"classifier_steps=0"),
-     ({"tstr_steps": 2.5}, "`tstr_steps` must be a positive int")],
+     ({"tstr_steps": 2.5}, "`tstr_steps` must be a positive int"),
+     ({"strategy": "multiworker"}, r"`strategy` must be one of .*Received: strategy='multiworker'"),
+     ({"precision": "float16"}, r"`precision` must be one of .*Received: precision='float16'")],
 )
 def test_config_errors_name_the_bad_value(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -224,6 +226,28 @@ def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, c
     assert second["latent"]["variants"]["latent"]["steps"] == 2  # sampled anew
 
 
+def test_runners_build_train_and_sample_under_the_configured_precision_and_strategy(tmp_path):
+    from lungkit import runners, training
+
+    assert experiment.PRECISIONS == training.PRECISIONS
+    assert set(experiment.COMPARE_STRATEGIES) == set(training.STRATEGIES) - {"multiworker"}
+    config = experiment.get_config("quick", precision="mixed_bfloat16", strategy="cpu",
+                                   conditional=True, **{**TINY, "n_generate": 3})
+    rng = np.random.default_rng(0)
+    x, y = rng.random((12, 32, 32, 1)).astype("float32"), np.repeat([0, 1, 2], 4)
+    for name, variants in (("vae", {"vae"}), ("diffusion", {"ddim", "dpm++", "ddpm"})):
+        _, samples = runners.train_and_sample(name, config, x, y, tmp_path / name, progress=False)
+        assert set(samples) == variants
+        for images in samples.values():
+            assert images.dtype == np.float32 and np.isfinite(images).all()
+            assert images.min() >= 0.0 and images.max() <= 1.0
+        saved = load_model(tmp_path / name / f"{name}.keras")
+        assert saved.dtype_policy.name == "mixed_bfloat16"
+        marker = json.loads((tmp_path / name / f"{name}.done.json").read_text())
+        assert marker["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # later models are unaffected
+
+
 def test_training_fingerprint_covers_data_and_training_but_not_sampling():
     from lungkit.models.vae import VAE
     from lungkit.runners import training_fingerprint
@@ -241,7 +265,8 @@ def test_training_fingerprint_covers_data_and_training_but_not_sampling():
     assert fingerprint(**{"diffusion.guidance": 9.0}) == base  # another section
     assert fingerprint(n_generate=3) == base  # sampling only
     for overrides in ({"vae.beta": 0.5}, {"vae.learning_rate": 1e-4}, {"seed": 1},
-                      {"conditional": True}, {"image_size": 64}):
+                      {"conditional": True}, {"image_size": 64},
+                      {"precision": "mixed_bfloat16"}):
         assert fingerprint(**overrides) != base, overrides
     assert training_fingerprint(model, config.vae, x + 0.5, y, config, 5) != base
     assert training_fingerprint(model, config.vae, x, y, config, 6) != base
