@@ -26,8 +26,8 @@ _EXPORTS = {
     "DiffusionModel": "lungkit.models.diffusion",
     "LatentDiffusion": "lungkit.models.latent",
     "load_model": "lungkit.models",
-    "evaluate": "lungkit.metrics",
-    "compare": "lungkit.experiment",
+    "evaluate": "lungkit.evaluation.metrics",
+    "compare": "lungkit.experiment.compare",
 }
 
 __all__ = ["__version__", *_EXPORTS]

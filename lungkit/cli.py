@@ -391,9 +391,9 @@ def add_experiment_commands(subparsers):
 def _run_evaluate(args):
     import json
 
-    from lungkit import metrics
     from lungkit.data.images import load_data, normalize, to_channels
-    from lungkit.features import get_feature_extractor
+    from lungkit.evaluation import metrics
+    from lungkit.evaluation.features import get_feature_extractor
     from lungkit.models import load_model
 
     model = load_model(args.model)

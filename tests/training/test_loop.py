@@ -1,4 +1,4 @@
-"""Tests for lungkit.training and lungkit.callbacks: strategies, precision, callbacks, resume
+"""Tests for lungkit.training (loop, strategy, callbacks): strategies, precision, callbacks, resume
 after SIGKILL, mirrored and multi-worker training.
 
 A tiny autoencoder defined here stands in for the real models. Tests that need a fresh
@@ -20,11 +20,11 @@ import pytest
 import tensorflow as tf
 
 from lungkit import training
-from lungkit.callbacks import TimingCallback, read_history
 from lungkit.models.base import GenerativeModel
+from lungkit.training.callbacks import TimingCallback, read_history
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 
 
 @keras.saving.register_keras_serializable(package="lungkit_tests")
@@ -69,33 +69,6 @@ def build(noise_std=0.0, optimizer=None):
     model = TinyAutoencoder(noise_std=noise_std, name="tiny")
     model.compile(optimizer or keras.optimizers.SGD(0.1))
     return model
-
-
-# --- strategies and precision -----------------------------------------------------------------
-def test_get_strategy_names_and_errors(monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    for var in training.TPU_ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    assert training.get_strategy("auto") is tf.distribute.get_strategy()  # 1 CPU, no TPU
-    assert isinstance(training.get_strategy("cpu"), tf.distribute.OneDeviceStrategy)
-    mirrored = training.get_strategy("mirrored")
-    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
-    assert training.get_strategy(mirrored) is mirrored
-    with pytest.raises(ValueError, match=r"`strategy` must be one of .*'multiworker'.*gpu"):
-        training.get_strategy("gpu")
-    monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
-        training.get_strategy("auto")
-
-
-def test_set_precision_returns_previous_and_rejects_unknown():
-    assert training.set_precision("mixed_bfloat16") == "float32"
-    try:
-        assert keras.config.dtype_policy().name == "mixed_bfloat16"
-    finally:
-        assert training.set_precision("float32") == "mixed_bfloat16"
-    with pytest.raises(ValueError, match=r"`precision` must be one of .*Received: precision='fp8'"):
-        training.set_precision("fp8")
 
 
 @pytest.mark.parametrize("precision, jit", [("float32", False), ("mixed_float16", False),
@@ -150,7 +123,7 @@ def test_nan_loss_stops_with_advice(tmp_path, caplog):
     images = tiny_images()
     images[0, 0, 0, 0] = np.nan
     model = build()
-    with caplog.at_level("ERROR", logger="lungkit.callbacks"):
+    with caplog.at_level("ERROR", logger="lungkit.training.callbacks"):
         history = training.fit(model, tf.data.Dataset.from_tensor_slices(images).batch(4),
                                5, tmp_path, verbose=0)
     assert model.optimizer.iterations.numpy() == 1  # stopped after the first batch

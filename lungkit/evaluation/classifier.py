@@ -1,24 +1,12 @@
-"""Feature extractors for FID, KID and precision/recall, and the small CT classifier.
+"""The small CT classifier: class-fidelity judge, TSTR classifier, domain encoder's labeller.
 
-Two extractors share one interface (`FeatureExtractor`: a `name` and `__call__(images)`
-returning `(N, D)` features):
-
-- `InceptionFeatures`: InceptionV3 average-pool features (2048-d), the network FID was
-  defined with (Heusel et al., 2017). Used only when its ImageNet weights are on disk: an
-  explicit path or the Keras cache file. Nothing here ever downloads them.
-- `DomainEncoder` (in `lungkit.domain_encoder`, re-exported here): features learned from
-  the real training images themselves, by an autoencoder that also rates how noisy and
-  blurred its input is; used when the InceptionV3 weights are absent.
-
-This module also owns the helpers both extractors share (`check_images`, `resize_images`,
-`data_hash`, `predict_batches`), `get_feature_extractor`, which picks one, and the small CT
-classifier (`build_classifier` / `train_classifier`): the `DomainEncoder`'s `predict_labels`
-(class fidelity) and `lungkit.metrics`' "train on synthetic, test on real".
+`build_classifier` / `train_classifier` make a CNN that finds a lesion anywhere in a slice
+(augmented so it does not memorise anatomy or take blur for a class); an ensemble of them
+(`train_classifier_ensemble`) averages probabilities; `load_or_train_classifier` caches one
+by a hash of its data and settings; `predict_labels` runs any of them.
 """
 
-import hashlib
 import logging
-import os
 from pathlib import Path
 
 import keras
@@ -26,20 +14,29 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lungkit.data.images import CLASS_NAMES
+from lungkit.evaluation.common import (
+    check_images,
+    data_hash,
+    load_or_build,
+    predict_batches,
+    resize_images,
+)
 
 logger = logging.getLogger(__name__)
 
 NUM_CLASSES = len(CLASS_NAMES)  # Normal, Benign, Malignant
-INCEPTION_SIZE = 299  # InceptionV3's native input size (Szegedy et al., 2016)
-INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras name
-DOMAIN_WIDTHS = (16, 32, 64)  # conv widths of the domain CNNs: seconds per epoch on CPU at 64 px
 CLASSIFIER_FEATURE_DIMS = 64  # size of the classifier's penultimate ("features") layer
 CLASSIFIER_VERSION = 3  # in load_or_train_classifier's cache key; 1: no augmentation, 2: no blur
 CLASSIFIER_WIDTHS = (16, 32, 64, 128)  # its conv widths: 64 px -> 4x4 before pooling
 # Batch norm's moving statistics forget their initial values (variance 1) by 0.9 per step:
 # with Keras' default 0.99, 300 steps still carry 5% of it, enough to put a classifier that
 # fits toy classes to 100% at chance in inference mode.
+# Batch norm's moving statistics forget their initial values (variance 1) by 0.9 per step:
+# with Keras' default 0.99, 300 steps still carry 5% of it, enough to put a classifier that
+# fits toy classes to 100% at chance in inference mode.
 BN_MOMENTUM = 0.9
+# Training-time augmentation of the classifier: on the phantom at 64 px, without it the CNN
+# memorises each slice's anatomy (90% train, chance held out); with it, it learns the lesions.
 # Training-time augmentation of the classifier: on the phantom at 64 px, without it the CNN
 # memorises each slice's anatomy (90% train, chance held out); with it, it learns the lesions.
 AUGMENT_SHIFT = 0.1  # fraction of the side
@@ -50,136 +47,18 @@ AUGMENT_ZOOM = 0.1  # +-10% scale
 # slices only, it called 87% of the latent autoencoder's reconstructions of held-out phantom
 # slices "Malignant" (a blurred slice looked like a mass to it); with the blur, 42% of them
 # are classed right, against 48% of the sharp originals (64 px).
+# Random Gaussian blur (a random share of the images, sigma up to AUGMENT_BLUR_SIGMA px): the
+# classifier judges generated slices, most of them blurrier than real ones. Trained on sharp
+# slices only, it called 87% of the latent autoencoder's reconstructions of held-out phantom
+# slices "Malignant" (a blurred slice looked like a mass to it); with the blur, 42% of them
+# are classed right, against 48% of the sharp originals (64 px).
 AUGMENT_BLUR_SIGMA = 1.5
 AUGMENT_BLUR_KERNEL = 5
 LOG_PROBABILITY_FLOOR = 1e-12  # an ensemble's logits are log(mean probability), floored here
 MIN_TRAIN_STEPS = 100  # optimizer steps a classifier gets at least: tiny sets (tens of
 # images, one or two batches per epoch) otherwise stop at chance after a few epochs
-KINDS = ("auto", "inception", "domain")
 
 
-def check_images(images, name="images"):
-    """Validates an NHWC float batch in [0, 1] and returns it as float32 numpy.
-
-    Raises:
-        ValueError: naming `name` when the rank, channel count or value range is wrong.
-    """
-    images = np.asarray(images, dtype="float32")
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"`{name}` must be NHWC with 1 or 3 channels. Received shape {images.shape}")
-    if images.shape[0] == 0:
-        raise ValueError(f"`{name}` must hold at least one image. Received shape {images.shape}")
-    low, high = float(images.min()), float(images.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise ValueError(f"`{name}` must be float in [0, 1]. Received values in [{low:.3g}, {high:.3g}]")
-    return np.clip(images, 0.0, 1.0)
-
-
-def resize_images(images, size, channels):
-    """Resizes a float batch `(N, H, W, C)` to `(N, size, size, channels)` (tiles or averages C)."""
-    images = np.asarray(images, dtype="float32")
-    if images.shape[-1] != channels:
-        if channels == 3:
-            images = np.repeat(images, 3, axis=-1)  # grayscale tiled, as ImageNet nets expect
-        else:
-            images = images.mean(axis=-1, keepdims=True)
-    if images.shape[1:3] != (size, size):
-        images = keras.ops.convert_to_numpy(
-            keras.ops.image.resize(images, (size, size), interpolation="bilinear", antialias=True)
-        )
-    return images.astype("float32")
-
-
-def data_hash(*arrays):
-    """A short, stable sha1 of arrays' shapes, dtypes and bytes (the cache key of real data)."""
-    digest = hashlib.sha1()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
-class FeatureExtractor:
-    """Maps float images `(N, H, W, C)` in [0, 1] to features `(N, D)` float32, in batches."""
-
-    name = "features"
-
-    def __init__(self, batch_size=64):
-        self.batch_size = batch_size
-
-    def embed_batch(self, images):
-        """Features of one validated batch; subclasses implement it."""
-        raise NotImplementedError
-
-    def __call__(self, images, progress=False):
-        images = check_images(images)
-        starts = range(0, len(images), self.batch_size)
-        features = [
-            np.asarray(self.embed_batch(images[start : start + self.batch_size]), dtype="float32")
-            for start in tqdm(starts, desc=self.name, disable=not progress)
-        ]
-        return np.concatenate(features, axis=0)
-
-    def __repr__(self):
-        return f"{type(self).__name__}(name={self.name!r})"
-
-
-# --------------------------------------------------------------------------- Inception
-def keras_cache_dir():
-    """Where `keras.utils.get_file` keeps downloaded weights (`$KERAS_HOME/models`)."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
-
-
-def find_inception_weights(weights=None):
-    """Returns the local InceptionV3 no-top weights file, or None when there is none.
-
-    Args:
-        weights: an explicit `.h5` path; None looks in the Keras cache only.
-
-    Raises:
-        FileNotFoundError: when an explicit `weights` path does not exist.
-    """
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"`weights` must be an existing file. Received: weights={weights}")
-        return path
-    path = keras_cache_dir() / INCEPTION_WEIGHTS_FILE
-    return path if path.is_file() else None
-
-
-def build_inception(weights_path):
-    """InceptionV3 without top, global average pooling, weights loaded from a local file."""
-    return keras.applications.InceptionV3(
-        include_top=False, pooling="avg", weights=str(weights_path),
-        input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3),
-    )
-
-
-class InceptionFeatures(FeatureExtractor):
-    """InceptionV3 pool features (2048-d): images resized to 299, grayscale tiled to RGB."""
-
-    name = "inception_v3"
-
-    def __init__(self, weights=None, batch_size=32):
-        super().__init__(batch_size)
-        path = find_inception_weights(weights)
-        if path is None:
-            raise FileNotFoundError(
-                f"InceptionV3 weights not found: pass `weights=` or place {INCEPTION_WEIGHTS_FILE} "
-                f"in {keras_cache_dir()} (lungkit never downloads them)."
-            )
-        self.weights_path = path
-        self.model = build_inception(path)
-
-    def embed_batch(self, images):
-        images = resize_images(images, INCEPTION_SIZE, 3)
-        images = keras.applications.inception_v3.preprocess_input(images * 255.0)  # to [-1, 1]
-        return keras.ops.convert_to_numpy(self.model(images, training=False))
-
-
-# --------------------------------------------------------------------------- domain CNN
 def build_classifier(image_size, channels, num_classes=NUM_CLASSES, widths=CLASSIFIER_WIDTHS,
                      feature_dims=CLASSIFIER_FEATURE_DIMS, dropout=0.3, augment=True, seed=0,
                      name="ct_classifier"):
@@ -375,91 +254,8 @@ def load_or_train_classifier(images, labels, cache_dir, **options):
     return load_or_build(path, train, "classifier")[0]
 
 
-def load_or_build(path, build, what="model"):
-    """The Keras model saved at `path`, or `build()`'s, saved there for the next call.
-
-    Returns `(model, loaded)`: `loaded` is True when it came from the file.
-    """
-    path = Path(path)
-    if path.is_file():
-        logger.info("Loading cached %s %s", what, path)
-        return keras.saving.load_model(path), True
-    model = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    logger.info("Saved %s to %s", what, path)
-    return model, False
-
-
 def predict_labels(model, images, batch_size=64):
     """Argmax class of a classifier's logits for float images, resized to its input size."""
     _, size, _, channels = model.input_shape
     images = resize_images(check_images(images), size, channels)
     return np.argmax(predict_batches(model, images, batch_size), axis=-1)
-
-
-def predict_batches(model, images, batch_size=64):
-    """`model(images)` in eager batches, as numpy (no `predict()` retracing per new model)."""
-    outputs = [keras.ops.convert_to_numpy(model(images[start : start + batch_size], training=False))
-               for start in range(0, len(images), batch_size)]
-    return np.concatenate(outputs, axis=0)
-
-
-def get_feature_extractor(kind="auto", train_images=None, train_labels=None, cache_dir=None,
-                          weights=None, epochs=8, steps=None):
-    """Picks the feature extractor for FID/KID and logs which one and why.
-
-    Args:
-        kind: "inception" (needs local weights), "domain" (needs `train_images` and
-            `train_labels`), or "auto": Inception when its weights are on disk, else domain.
-        weights: explicit InceptionV3 no-top `.h5` path; default: the Keras cache file.
-        epochs: training epochs of the domain encoder's classifier.
-        steps: training steps of the domain encoder's feature autoencoder (None: by data size).
-
-    Returns:
-        An `InceptionFeatures` or a `DomainEncoder`.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"`kind` must be one of {KINDS}. Received: kind={kind!r}")
-    if kind in ("auto", "inception"):
-        path = find_inception_weights(weights)
-        if path is not None:
-            logger.info("Feature extractor: InceptionV3 with local weights %s", path)
-            return InceptionFeatures(weights=path)
-        if kind == "inception":
-            raise FileNotFoundError(f"`kind='inception'` needs local weights; none in "
-                                    f"{keras_cache_dir()} and no `weights=` given.")
-        logger.info("Feature extractor: domain encoder (no InceptionV3 weights in %s)",
-                    keras_cache_dir())
-    if train_images is None or train_labels is None:
-        raise ValueError("The domain encoder needs `train_images` and `train_labels`. "
-                         f"Received: train_images={type(train_images).__name__}, "
-                         f"train_labels={type(train_labels).__name__}")
-    from lungkit.domain_encoder import DomainEncoder  # imports this module: no cycle here
-
-    return DomainEncoder.fit(train_images, train_labels, cache_dir=cache_dir, epochs=epochs,
-                             steps=steps)
-
-
-# Defined in lungkit.domain_encoder, which builds on this module's helpers and classifier;
-# re-exported on first access (PEP 562), so `from lungkit.features import DomainEncoder` works
-# without an import cycle and always sees the defining module's values.
-DOMAIN_ENCODER_NAMES = (
-    "AUTOENCODER_CHUNK_BYTES", "AUTOENCODER_EPOCHS", "AUTOENCODER_STEPS", "Arcsinh",
-    "DEGRADE_PROBABILITY", "DOMAIN_ENCODER_VERSION", "DOMAIN_FEATURE_DIMS", "DOMAIN_STEM_WIDTH",
-    "DomainEncoder", "GlobalStdPooling2D", "MAX_BLUR_FRACTION", "MAX_NOISE_STD", "STD_FLOOR",
-    "STD_POOL_EPSILON", "assemble_domain_encoder", "build_domain_autoencoder",
-    "default_cache_dir", "degrade_images", "feature_standardization", "train_domain_autoencoder",
-)
-
-
-def __getattr__(name):
-    if name in DOMAIN_ENCODER_NAMES:
-        from lungkit import domain_encoder
-
-        return getattr(domain_encoder, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *DOMAIN_ENCODER_NAMES})

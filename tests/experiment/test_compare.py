@@ -1,4 +1,5 @@
-"""The comparison experiment end to end on a tiny config, and its pieces."""
+"""Tests for lungkit.experiment.compare: the split, the artefacts of a tiny run, class fidelity,
+and reuse of finished trainings."""
 
 import json
 import logging
@@ -29,7 +30,7 @@ def tiny_features(tmp_path_factory):
     Its file name hashes the training split and the encoder's settings, which every TINY
     config shares, so `compare` loads it from `<run>/features` instead of training its own.
     """
-    from lungkit.features import get_feature_extractor
+    from lungkit.evaluation.features import get_feature_extractor
 
     root = tmp_path_factory.mktemp("tiny_features")
     train_x, train_y, *_ = experiment.load_split(experiment.get_config("quick", **TINY), root)
@@ -54,58 +55,6 @@ def test_split_is_stratified_disjoint_and_seeded():
     again = experiment.split_indices(labels, 0.2, seed=3)
     np.testing.assert_array_equal(test, again[1])
     assert not np.array_equal(test, experiment.split_indices(labels, 0.2, seed=4)[1])
-
-
-def test_config_overrides_reach_nested_sections():
-    config = experiment.get_config("quick", **{"vae.epochs": 3, "image_size": 64})
-    assert config.vae.epochs == 3 and config.image_size == 64
-    assert experiment.PRESETS["quick"].vae.epochs != 3  # presets stay frozen
-    paper = experiment.get_config("paper")
-    assert (paper.image_size, paper.vae.epochs, paper.denoiser.epochs) == (128, 200, 10)
-    classes = experiment.get_config("classes")
-    assert classes.conditional and classes.image_size == 64
-    assert set(classes.models) == set(experiment.MODEL_NAMES)
-
-
-@pytest.mark.parametrize(
-    "overrides, match",
-    [({"models": ("vae", "gan")}, "subset of"), ({"test_fraction": 1.5}, "test_fraction"),
-     ({"channels": 2}, "channels"), ({"nope.epochs": 1}, "Unknown config section"),
-     ({"classifier_steps": 0}, r"`classifier_steps` must be a positive int. Received: "
-                               r"classifier_steps=0"),
-     ({"tstr_steps": 2.5}, "`tstr_steps` must be a positive int"),
-     ({"strategy": "multiworker"}, r"`strategy` must be one of .*Received: strategy='multiworker'"),
-     ({"precision": "float16"}, r"`precision` must be one of .*Received: precision='float16'")],
-)
-def test_config_errors_name_the_bad_value(overrides, match):
-    with pytest.raises(ValueError, match=match):
-        experiment.get_config("quick", **overrides)
-
-
-def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ValueError, match="paper"):
-        experiment.get_config("huge")
-
-
-def test_claims_compare_the_measured_numbers():
-    def variant(label, speed, sharp, kid, share=0.0):
-        return {"label": label, "steps": 50, "images_per_second": speed,
-                "metrics": {"sharpness_mean": sharp, "kid_mean": kid, "fid": kid * 1000,
-                            "memorization_share": share, "nearest_similarity_mean": 0.5}}
-
-    results = {"models": {
-        "vae": {"seconds_per_epoch": 1.0, "variants": {"vae": variant("VAE", 500, 10, 0.2)}},
-        "denoiser": {"seconds_per_epoch": 2.0, "variants": {
-            "denoiser_paper": variant("p", 100, 50, 0.01, share=0.9),
-            "denoiser_noise": variant("n", 100, 5, 0.5)}},
-        "diffusion": {"seconds_per_epoch": 3.0, "variants": {"ddim": variant("DDIM", 5, 40, 0.05)}},
-    }, "real_metrics": {"sharpness_mean": 45.0}}
-    verdicts = [c["verdict"] for c in experiment.check_claims(results)]
-    assert verdicts == ["PASS"] * 6
-    results["models"]["vae"]["variants"]["vae"]["metrics"]["sharpness_mean"] = 99.0
-    claims = experiment.check_claims(results)
-    blurry = next(c for c in claims if "blurrier" in c["claim"])
-    assert blurry["verdict"] == "FAIL" and "99.0" in blurry["evidence"]
 
 
 def test_compare_writes_every_artefact(tmp_path, tiny_features):
@@ -174,28 +123,6 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_featu
     assert {"class_samples_vae.png", "class_samples_ddim.png", "class_samples_dpm__.png"} <= figures
 
 
-def test_conditional_labels_split_evenly_in_class_order():
-    np.testing.assert_array_equal(experiment.conditional_labels(7), [0, 0, 0, 1, 1, 2, 2])
-    assert np.bincount(experiment.conditional_labels(48)).tolist() == [16, 16, 16]
-
-
-def test_class_fidelity_claim_needs_a_significant_excess_over_chance():
-    def conditional(label, fidelity, per_class):
-        return {"label": label, "conditional": True, "class_counts": [per_class] * 3,
-                "metrics": {"class_fidelity": fidelity}}
-
-    def verdict(fidelity, per_class):
-        results = {"models": {"vae": {"seconds_per_epoch": 1.0, "variants": {
-            "vae": conditional("cVAE", fidelity, per_class)}}}}
-        claim = next(c for c in experiment.check_claims(results) if "requested class" in c["claim"])
-        return claim["verdict"], claim["evidence"]
-
-    # 40% of 60 is 24 hits: p = 0.17 against 1/3; 40% of 600 is 240 hits: p < 1e-3
-    assert verdict(0.4, 20)[0] == "FAIL" and "(p=0.17)" in verdict(0.4, 20)[1]
-    assert verdict(0.4, 200)[0] == "PASS"
-    assert experiment.above_chance_p(1 / 3, 300, 1 / 3) > 0.4
-
-
 def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, caplog,
                                                                      tiny_features):
     """A second compare into the same folder loads what finished; a changed section retrains."""
@@ -210,7 +137,7 @@ def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, c
     markers = sorted(p.name for p in run.rglob("*.done.json"))
     assert markers == ["autoencoder.done.json", "denoiser.done.json",
                        "latent_diffusion.done.json", "vae.done.json"]
-    caplog.set_level(logging.INFO, logger="lungkit.runners")
+    caplog.set_level(logging.INFO, logger="lungkit.experiment.runners")
     # sampling settings leave the hybrid as it is; vae.epochs retrains the VAE
     changed = config.replace(**{"vae.epochs": 3, "latent.sampling_steps": 2})
     experiment.compare(changed, run, progress=False)
@@ -224,50 +151,3 @@ def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, c
         assert second["latent"]["autoencoder"][key] == first["latent"]["autoencoder"][key], key
     assert second["vae"]["epochs"] == 3 and len(second["vae"]["history"]["epoch"]) == 3
     assert second["latent"]["variants"]["latent"]["steps"] == 2  # sampled anew
-
-
-def test_runners_build_train_and_sample_under_the_configured_precision_and_strategy(tmp_path):
-    from lungkit import runners, training
-
-    assert experiment.PRECISIONS == training.PRECISIONS
-    assert set(experiment.COMPARE_STRATEGIES) == set(training.STRATEGIES) - {"multiworker"}
-    config = experiment.get_config("quick", precision="mixed_bfloat16", strategy="cpu",
-                                   conditional=True, **{**TINY, "n_generate": 3})
-    rng = np.random.default_rng(0)
-    x, y = rng.random((12, 32, 32, 1)).astype("float32"), np.repeat([0, 1, 2], 4)
-    for name, variants in (("vae", {"vae"}), ("diffusion", {"ddim", "dpm++", "ddpm"})):
-        _, samples = runners.train_and_sample(name, config, x, y, tmp_path / name, progress=False)
-        assert set(samples) == variants
-        for images in samples.values():
-            assert images.dtype == np.float32 and np.isfinite(images).all()
-            assert images.min() >= 0.0 and images.max() <= 1.0
-        saved = load_model(tmp_path / name / f"{name}.keras")
-        assert saved.dtype_policy.name == "mixed_bfloat16"
-        marker = json.loads((tmp_path / name / f"{name}.done.json").read_text())
-        assert marker["precision"] == "mixed_bfloat16"
-    assert keras.config.dtype_policy().name == "float32"  # later models are unaffected
-
-
-def test_training_fingerprint_covers_data_and_training_but_not_sampling():
-    from lungkit.models.vae import VAE
-    from lungkit.runners import training_fingerprint
-
-    config = experiment.get_config("quick")
-    model = VAE(image_size=32, channels=1, latent_dim=4, widths=(8, 16))
-    x, y = np.zeros((4, 32, 32, 1), "float32"), np.array([0, 1, 2, 0])
-
-    def fingerprint(**overrides):
-        changed = config.replace(**overrides) if overrides else config
-        return training_fingerprint(model, changed.vae, x, y, changed, 5)
-
-    base = fingerprint()
-    assert base == json.loads(json.dumps(base))  # what the marker file holds
-    assert fingerprint(**{"diffusion.guidance": 9.0}) == base  # another section
-    assert fingerprint(n_generate=3) == base  # sampling only
-    for overrides in ({"vae.beta": 0.5}, {"vae.learning_rate": 1e-4}, {"seed": 1},
-                      {"conditional": True}, {"image_size": 64},
-                      {"precision": "mixed_bfloat16"}):
-        assert fingerprint(**overrides) != base, overrides
-    assert training_fingerprint(model, config.vae, x + 0.5, y, config, 5) != base
-    assert training_fingerprint(model, config.vae, x, y, config, 6) != base
-    assert "guidance" not in training_fingerprint(model, config.latent, x, y, config, 5)["section"]

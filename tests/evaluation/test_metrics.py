@@ -1,4 +1,4 @@
-"""Tests for lungkit.metrics: known values and the behaviour each metric exists to measure."""
+"""Tests for lungkit.evaluation.metrics: known values and the behaviour each metric exists to measure."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import scipy.linalg
 from scipy.ndimage import gaussian_filter
 from toy_data import class_images
 
-from lungkit import metrics as M
-from lungkit.features import FeatureExtractor
+from lungkit.evaluation import metrics as M
+from lungkit.evaluation.common import FeatureExtractor
 
 
 class ThumbnailFeatures(FeatureExtractor):

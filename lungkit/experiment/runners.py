@@ -78,7 +78,7 @@ def training_fingerprint(model, config_section, train_x, train_y, config, epochs
     training data."""
     import dataclasses
 
-    from lungkit.features import data_hash
+    from lungkit.evaluation.common import data_hash
 
     section = {k: v for k, v in dataclasses.asdict(config_section).items()
                if k not in SAMPLING_FIELDS}
@@ -96,8 +96,8 @@ def _reuse(model, dataset, out_dir, name, fingerprint):
     A `compare` killed after some models finished then skips them when run again into the
     same folder (the model in progress resumes from its backup, `lungkit.training.fit`).
     """
-    from lungkit.callbacks import HISTORY_FILE, read_history
     from lungkit.training import ensure_built
+    from lungkit.training.callbacks import HISTORY_FILE, read_history
 
     marker, path = out_dir / f"{name}{DONE_SUFFIX}", out_dir / f"{name}.keras"
     if not (marker.exists() and path.exists()):

@@ -2,7 +2,7 @@
 `lungkit.training.fit` pins it every epoch, and a run SIGKILLed after epoch 2 and started
 again ends with the history, weights and RNG states of an uninterrupted run.
 
-The subprocess tests run this file's `_worker` entry (as tests/test_training.py does).
+The subprocess tests run this file's `_worker` entry (as tests/training/test_loop.py does).
 """
 
 import json
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from test_training import ROOT, _finish, _flat_weights, _Interrupt, build, tiny_images
+from test_loop import ROOT, _finish, _flat_weights, _Interrupt, build, tiny_images
 
 from lungkit import training
-from lungkit.callbacks import _seed_generators, read_history
 from lungkit.data.pipeline import make_dataset, set_shuffle_epoch
+from lungkit.training.callbacks import _seed_generators, read_history
 
 COUNT, SIZE = 12, 32  # images of the pipeline tests: pixel value 10 * index
 
@@ -195,17 +195,17 @@ def test_interrupted_custom_loop_restores_rng_and_shuffle_epoch(tmp_path, monkey
         return history, _state(model)
 
     expected, expected_state = run(tmp_path / "ref")
-    save_epoch = training._save_epoch
+    save_epoch = training.loop._save_epoch
 
     def crash_in_epoch_2(model, out_dir, name, epoch, logs, chief):
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash")
         save_epoch(model, out_dir, name, epoch, logs, chief)
 
-    monkeypatch.setattr(training, "_save_epoch", crash_in_epoch_2)
+    monkeypatch.setattr(training.loop, "_save_epoch", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "run")
-    monkeypatch.setattr(training, "_save_epoch", save_epoch)
+    monkeypatch.setattr(training.loop, "_save_epoch", save_epoch)
     history, state = run(tmp_path / "run")
     _assert_same_run(history, expected, state, expected_state, ["loss"])
 

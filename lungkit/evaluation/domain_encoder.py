@@ -3,40 +3,43 @@
 Owns the feature autoencoder (`build_domain_autoencoder`, trained by
 `train_domain_autoencoder` on copies degraded by `degrade_images`), the fixed standardization
 of its pooled features (`feature_standardization`, `Arcsinh`), and `DomainEncoder`, the
-`lungkit.features.FeatureExtractor` that wraps the assembled network with the CT classifier
-(`lungkit.features.train_classifier`) beside it for class fidelity. The autoencoder also rates
+`lungkit.evaluation.common.FeatureExtractor` that wraps the assembled network with the CT
+classifier (`lungkit.evaluation.classifier.train_classifier`) beside it for class fidelity. The autoencoder also rates
 how noisy and blurred its input is, so the features describe the images even where the classes
 are not separable (quality-aware self-supervision, e.g. CONTRIQUE, Madhusudana et al., 2022).
 
 Numbers from it are comparable only between runs that use the same encoder, which is why the
-encoder's `name` carries a hash of its data and settings. `lungkit.features` re-exports every
-public name here and picks this extractor when no InceptionV3 weights are on disk.
+encoder's `name` carries a hash of its data and settings. `lungkit.evaluation.features`
+picks this extractor when no InceptionV3 weights are on disk.
 """
 
 import logging
-import os
 from pathlib import Path
 
 import keras
 import numpy as np
 import scipy.ndimage
 
-from lungkit.features import (
-    DOMAIN_WIDTHS,
+from lungkit.evaluation.classifier import (
     MIN_TRAIN_STEPS,
     NUM_CLASSES,
-    FeatureExtractor,
     _check_labels,
+    predict_labels,
+    train_classifier,
+)
+from lungkit.evaluation.common import (
+    FeatureExtractor,
     check_images,
     data_hash,
+    default_cache_dir,
     load_or_build,
     predict_batches,
-    predict_labels,
     resize_images,
-    train_classifier,
 )
 
 logger = logging.getLogger(__name__)
+
+DOMAIN_WIDTHS = (16, 32, 64)  # conv widths of the domain CNNs: seconds per epoch on CPU at 64 px
 
 DOMAIN_STEM_WIDTH = 16  # the feature autoencoder's full-resolution conv
 DOMAIN_FEATURE_DIMS = 2 * (DOMAIN_STEM_WIDTH + sum(DOMAIN_WIDTHS))  # mean and std per channel
@@ -305,9 +308,3 @@ class DomainEncoder(FeatureExtractor):
     def predict_labels(self, images):
         """Predicted class per image, ints `(N,)`."""
         return predict_labels(self.classifier, images, self.batch_size)
-
-
-def default_cache_dir():
-    """`$LUNGKIT_CACHE/features`, default `~/.cache/lungkit/features`."""
-    root = os.environ.get("LUNGKIT_CACHE", Path.home() / ".cache" / "lungkit")
-    return Path(root).expanduser() / "features"

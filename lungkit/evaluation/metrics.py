@@ -24,14 +24,8 @@ import scipy.linalg
 import tensorflow as tf
 
 from lungkit.data.images import CLASS_NAMES
-from lungkit.features import (
-    NUM_CLASSES,
-    check_images,
-    data_hash,
-    predict_labels,
-    resize_images,
-    train_classifier,
-)
+from lungkit.evaluation.classifier import NUM_CLASSES, predict_labels, train_classifier
+from lungkit.evaluation.common import check_images, data_hash, resize_images
 
 logger = logging.getLogger(__name__)
 
@@ -393,14 +387,14 @@ def evaluate(generated, real, train=None, features=None, *, real_stats=None, cac
         generated: samples, float `(N, H, W, C)` in [0, 1].
         real: held-out real images (the reference for FID/KID/precision/recall), same range.
         train: the training images, for memorization (None: memorization keys are None).
-        features: a `lungkit.features.FeatureExtractor` (None: FID/KID/precision/recall None).
+        features: a `lungkit.evaluation.common.FeatureExtractor` (None: FID/KID/precision/recall None).
         real_stats: precomputed `FeatureStats` of `real` under `features` (skips extraction).
         cache_dir: where `FeatureStats.from_images` caches real-image features.
         paired: `generated[i]` reconstructs `real[i]` (adds psnr/ssim means).
         generated_labels: class requested for each sample; with `classifier` gives class
             fidelity, with `real_labels` gives train-on-synthetic-test-on-real accuracy.
         tstr_epochs, tstr_steps: training of the train-on-synthetic classifier (steps, when
-            given, replace epochs; see `lungkit.features.train_classifier`).
+            given, replace epochs; see `lungkit.evaluation.classifier.train_classifier`).
 
     Returns:
         dict. Counts `n_generated`, `n_real`, `n_train`; `feature_extractor` (name or None);

@@ -1,0 +1,72 @@
+"""Tests for lungkit.experiment.runners: labels, precision and strategy, the training fingerprint."""
+
+import json
+
+import keras
+import numpy as np
+
+from lungkit import experiment, load_model
+from lungkit.experiment import config, runners
+
+TINY = dict(
+    # 2 of 6 slices per class held out: precision/recall need more than k = 3 real images
+    image_size=32, channels=1, phantom_per_class=6, test_fraction=0.34, n_generate=8,
+    features="domain", classifier_steps=20, tstr_steps=10,
+    **{"vae.epochs": 2, "vae.batch_size": 8, "vae.latent_dim": 8, "vae.widths": (8, 16),
+       "denoiser.epochs": 2, "denoiser.batch_size": 8, "denoiser.widths": (8, 16),
+       "diffusion.epochs": 2, "diffusion.batch_size": 8, "diffusion.widths": (8, 16),
+       "diffusion.timesteps": 100, "diffusion.sampling_steps": 5,
+       "diffusion.ddpm_timing_images": 2},
+)
+
+
+def test_conditional_labels_split_evenly_in_class_order():
+    np.testing.assert_array_equal(runners.conditional_labels(7), [0, 0, 0, 1, 1, 2, 2])
+    assert np.bincount(runners.conditional_labels(48)).tolist() == [16, 16, 16]
+
+
+def test_runners_build_train_and_sample_under_the_configured_precision_and_strategy(tmp_path):
+    from lungkit import training
+
+    assert config.PRECISIONS == training.PRECISIONS
+    assert set(config.COMPARE_STRATEGIES) == set(training.STRATEGIES) - {"multiworker"}
+    settings = experiment.get_config("quick", precision="mixed_bfloat16", strategy="cpu",
+                                     conditional=True, **{**TINY, "n_generate": 3})
+    rng = np.random.default_rng(0)
+    x, y = rng.random((12, 32, 32, 1)).astype("float32"), np.repeat([0, 1, 2], 4)
+    for name, variants in (("vae", {"vae"}), ("diffusion", {"ddim", "dpm++", "ddpm"})):
+        _, samples = runners.train_and_sample(name, settings, x, y, tmp_path / name, progress=False)
+        assert set(samples) == variants
+        for images in samples.values():
+            assert images.dtype == np.float32 and np.isfinite(images).all()
+            assert images.min() >= 0.0 and images.max() <= 1.0
+        saved = load_model(tmp_path / name / f"{name}.keras")
+        assert saved.dtype_policy.name == "mixed_bfloat16"
+        marker = json.loads((tmp_path / name / f"{name}.done.json").read_text())
+        assert marker["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # later models are unaffected
+
+
+def test_training_fingerprint_covers_data_and_training_but_not_sampling():
+    from lungkit.experiment.runners import training_fingerprint
+    from lungkit.models.vae import VAE
+
+    config = experiment.get_config("quick")
+    model = VAE(image_size=32, channels=1, latent_dim=4, widths=(8, 16))
+    x, y = np.zeros((4, 32, 32, 1), "float32"), np.array([0, 1, 2, 0])
+
+    def fingerprint(**overrides):
+        changed = config.replace(**overrides) if overrides else config
+        return training_fingerprint(model, changed.vae, x, y, changed, 5)
+
+    base = fingerprint()
+    assert base == json.loads(json.dumps(base))  # what the marker file holds
+    assert fingerprint(**{"diffusion.guidance": 9.0}) == base  # another section
+    assert fingerprint(n_generate=3) == base  # sampling only
+    for overrides in ({"vae.beta": 0.5}, {"vae.learning_rate": 1e-4}, {"seed": 1},
+                      {"conditional": True}, {"image_size": 64},
+                      {"precision": "mixed_bfloat16"}):
+        assert fingerprint(**overrides) != base, overrides
+    assert training_fingerprint(model, config.vae, x + 0.5, y, config, 5) != base
+    assert training_fingerprint(model, config.vae, x, y, config, 6) != base
+    assert "guidance" not in training_fingerprint(model, config.latent, x, y, config, 5)["section"]
