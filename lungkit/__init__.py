@@ -14,7 +14,7 @@ _EXPORTS = {
     "load_image": "lungkit.data.images",
     "load_data": "lungkit.data.images",
     "normalize": "lungkit.data.images",
-    "CLASS_NAMES": "lungkit.data.images",
+    "CLASS_NAMES": "lungkit.data.labels",
     "fetch_dataset": "lungkit.data.fetch",
     "mount_drive": "lungkit.data.fetch",
     "make_phantom_dataset": "lungkit.data.phantom",

@@ -1,6 +1,6 @@
 """Reading CT slices: the IQ-OTH/NCCD folder layout, single images (JPG/PNG/.../DICOM), arrays.
 
-Owns the class names and labels, where a dataset's class folders are, the order files are read
+Owns where a dataset's class folders are (their names: `lungkit.data.labels`), the order files are read
 in, how any image file becomes an RGB uint8 array of a given size (Chen, 2024 resizes every
 slice to 128x128 RGB), and `dataset_info` for `lungkit data info`. DICOM reading and HU
 windowing live in `lungkit.data.dicom`; `LUNG_WINDOW`, `read_dicom_hu` and `window_to_uint8`
@@ -34,13 +34,10 @@ from lungkit.data.dicom import (
     read_dicom_hu,
     window_to_uint8,
 )
+from lungkit.data.labels import CLASS_FOLDERS, CLASS_NAMES, DATASET_FOLDER, class_label
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ("Normal", "Benign", "Malignant")  # labels 0, 1, 2
-# Class folder names per label, lower case; "bengin" is the dataset's own misspelling.
-CLASS_FOLDERS = {0: ("normal cases",), 1: ("bengin cases", "benign cases"), 2: ("malignant cases",)}
-DATASET_FOLDER = "The IQ-OTHNCCD lung cancer dataset"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
 PROGRESS_MIN_FILES = 200  # show a progress bar when reading more files than this
 MAX_SEARCH_DEPTH = 4  # dest/<kaggle link>/<top folder>/<top folder again>/<class folders>
@@ -58,21 +55,6 @@ EXPECTED_LAYOUT = (
 def natural_key(text):
     """Sort key that orders embedded numbers by value: "case (2)" before "case (10)"."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def class_label(name_or_label):
-    """Maps a class name ("benign", "Bengin", "Normal cases") or a label 0..2 to its label."""
-    if isinstance(name_or_label, (int, np.integer)) and not isinstance(name_or_label, bool):
-        if 0 <= name_or_label < len(CLASS_NAMES):
-            return int(name_or_label)
-    elif isinstance(name_or_label, str):
-        key = name_or_label.strip().lower().removesuffix(" cases").removesuffix(" case")
-        key = {"bengin": "benign"}.get(key, key)
-        for label, name in enumerate(CLASS_NAMES):
-            if key == name.lower():
-                return label
-    raise ValueError(f"`classes` entries must be one of {CLASS_NAMES} (any case; 'bengin' "
-                     f"accepted) or a label 0..{len(CLASS_NAMES) - 1}. Received: {name_or_label!r}")
 
 
 def _class_folders_in(directory):
@@ -135,7 +117,7 @@ def _scan_folder(folder):
 
 
 def _resolve_classes(class_dirs, classes):
-    labels = sorted(class_dirs) if classes is None else sorted({class_label(c) for c in classes})
+    labels = sorted(class_dirs) if classes is None else sorted({class_label(c, "classes") for c in classes})
     missing = [CLASS_NAMES[label] for label in labels if label not in class_dirs]
     if classes is not None and missing:
         raise FileNotFoundError(f"No folder for class(es) {missing} (from `classes`={classes!r}); "

@@ -32,16 +32,13 @@ from scipy import ndimage
 
 from lungkit.data import _phantom_anatomy as anatomy
 from lungkit.data._phantom_canvas import Canvas
+from lungkit.data.labels import CLASS_NAMES, DATASET_FOLDER, DATASET_SPELLING
 
 logger = logging.getLogger(__name__)
 
-DATASET_DIRNAME = "The IQ-OTHNCCD lung cancer dataset"
+
 # kind -> (class folder, file stem), in the dataset's own spelling ("Bengin", sic)
-CLASS_LAYOUT = {
-    "normal": ("Normal cases", "Normal case"),
-    "benign": ("Bengin cases", "Bengin case"),
-    "malignant": ("Malignant cases", "Malignant case"),
-}
+CLASS_LAYOUT = {name.lower(): DATASET_SPELLING[label] for label, name in enumerate(CLASS_NAMES)}
 KINDS = tuple(CLASS_LAYOUT)
 MIN_SIZE = 32  # below this the anatomy is no longer recognisable
 RENDER_MIN_SIZE = 256  # smaller slices are drawn at this size, then downsampled (antialiasing)
@@ -195,7 +192,7 @@ def make_phantom_dataset(root, per_class=40, size=512, seed=0, progress=True):
         raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
     from tqdm.auto import tqdm
 
-    dataset_dir = Path(root) / DATASET_DIRNAME
+    dataset_dir = Path(root) / DATASET_FOLDER
     logger.info("Writing %d phantom slices per class (%d px, seed %d) to %s",
                 per_class, size, seed, dataset_dir)
     bar = tqdm(total=per_class * len(KINDS), desc="phantom slices", unit="slice",

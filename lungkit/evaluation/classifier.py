@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from lungkit.data.images import CLASS_NAMES
+from lungkit.data.labels import NUM_CLASSES, check_labels
 from lungkit.evaluation.common import (
     check_images,
     data_hash,
@@ -24,7 +24,6 @@ from lungkit.evaluation.common import (
 
 logger = logging.getLogger(__name__)
 
-NUM_CLASSES = len(CLASS_NAMES)  # Normal, Benign, Malignant
 CLASSIFIER_FEATURE_DIMS = 64  # size of the classifier's penultimate ("features") layer
 CLASSIFIER_VERSION = 3  # in load_or_train_classifier's cache key; 1: no augmentation, 2: no blur
 CLASSIFIER_WIDTHS = (16, 32, 64, 128)  # its conv widths: 64 px -> 4x4 before pooling
@@ -103,16 +102,6 @@ def build_classifier(image_size, channels, num_classes=NUM_CLASSES, widths=CLASS
     return keras.Model(inputs, outputs, name=name)
 
 
-def _check_labels(labels, n, num_classes, name="labels"):
-    labels = np.asarray(labels).astype("int64").reshape(-1)
-    if len(labels) != n:
-        raise ValueError(f"`{name}` must hold one label per image ({n}). Received {len(labels)}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"`{name}` must lie in [0, {num_classes - 1}]. "
-                         f"Received values in [{labels.min()}, {labels.max()}]")
-    return labels
-
-
 def train_classifier(images, labels, image_size=None, channels=None, num_classes=NUM_CLASSES,
                      epochs=10, batch_size=32, learning_rate=1e-3, widths=CLASSIFIER_WIDTHS,
                      min_steps=MIN_TRAIN_STEPS, steps=None, augment=True, seed=0, progress=False):
@@ -132,7 +121,7 @@ def train_classifier(images, labels, image_size=None, channels=None, num_classes
             "classifier").
     """
     images = check_images(images)
-    labels = _check_labels(labels, len(images), num_classes)
+    labels = check_labels(labels, len(images), num_classes)
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"`steps` must be a positive int or None. Received: steps={steps!r}")
     image_size = image_size or images.shape[1]

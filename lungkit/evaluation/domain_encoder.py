@@ -20,10 +20,9 @@ import keras
 import numpy as np
 import scipy.ndimage
 
+from lungkit.data.labels import NUM_CLASSES, check_labels
 from lungkit.evaluation.classifier import (
     MIN_TRAIN_STEPS,
-    NUM_CLASSES,
-    _check_labels,
     predict_labels,
     train_classifier,
 )
@@ -266,7 +265,7 @@ class DomainEncoder(FeatureExtractor):
             seed: seed of the autoencoder's degradations.
         """
         images = check_images(images, "train_images")
-        labels = _check_labels(labels, len(images), num_classes, "train_labels")
+        labels = check_labels(labels, len(images), num_classes, "train_labels")
         factor = 2 ** len(DOMAIN_WIDTHS)  # the autoencoder's downsampling: sizes its multiples
         requested = image_size or images.shape[1]
         image_size = -(-requested // factor) * factor

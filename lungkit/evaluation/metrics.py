@@ -23,8 +23,8 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
-from lungkit.data.images import CLASS_NAMES
-from lungkit.evaluation.classifier import NUM_CLASSES, predict_labels, train_classifier
+from lungkit.data.labels import CLASS_NAMES, NUM_CLASSES
+from lungkit.evaluation.classifier import predict_labels, train_classifier
 from lungkit.evaluation.common import check_images, data_hash, resize_images
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 returns one verdict per claim that the run measured.
 """
 
-from lungkit.experiment.runners import NUM_CLASSES
+from lungkit.data.labels import NUM_CLASSES
 
 SIGNIFICANCE = 0.05  # the claims' one-sided test level (class fidelity above chance)
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lungkit.data.labels import class_counts, labels_from_counts
 from lungkit.experiment.claims import check_claims
 from lungkit.experiment.config import get_config
-from lungkit.experiment.runners import NUM_CLASSES, train_and_sample
+from lungkit.experiment.runners import train_and_sample
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def load_split(config, out_dir):
         "n_images": int(len(images)),
         "n_train": int(len(train_idx)),
         "n_test": int(len(test_idx)),
-        "class_counts": np.bincount(labels, minlength=3).tolist(),
+        "class_counts": class_counts(labels),
     }
     logger.info("Data: %s, %d images (%d train / %d held out), classes %s",
                 data_dir, info["n_images"], info["n_train"], info["n_test"], info["class_counts"])
@@ -136,7 +137,7 @@ def compare(config=None, out_dir=None, progress=True):
             if info.get("evaluate", True):
                 labels = None
                 if info.get("conditional") and class_options:
-                    labels = np.repeat(np.arange(NUM_CLASSES), info["class_counts"])
+                    labels = labels_from_counts(info["class_counts"])
                 info["metrics"] = metrics.evaluate(
                     images, test_x, train=train_x, features=extractor, real_stats=real_stats,
                     seed=config.seed, generated_labels=labels, tstr_steps=config.tstr_steps,

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lungkit.data.labels import CLASS_NAMES, labels_from_counts
+
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ("Normal", "Benign", "Malignant")  # labels 0, 1, 2 (lungkit.data.images)
 SAMPLES_PER_FIGURE = 16
 # (key in metrics, column title, format) for the results table
 METRIC_COLUMNS = (
@@ -39,11 +40,6 @@ def _metric_columns(results):
                 for v in e["variants"].values()] + [results.get("real_metrics") or {}]
     return [column for column in METRIC_COLUMNS if column[0] not in OPTIONAL_COLUMNS
             or any(m.get(column[0]) is not None for m in measured)]
-
-
-def sample_labels(variant):
-    """Class of each sample of a conditional variant (its samples are ordered by class)."""
-    return np.repeat(np.arange(len(CLASS_NAMES)), variant["class_counts"])
 
 
 def _fmt(value, pattern):
@@ -177,7 +173,7 @@ def _figures(results, samples, real, figures_dir):
             if not variant.get("conditional") or name not in samples \
                     or not variant.get("evaluate", True):
                 continue
-            labels = sample_labels(variant)
+            labels = labels_from_counts(variant["class_counts"])
             rows = {class_name: samples[name][labels == k][:8]
                     for k, class_name in enumerate(CLASS_NAMES) if (labels == k).any()}
             slug = "".join(ch if ch.isalnum() else "_" for ch in name)

@@ -15,24 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lungkit.data.labels import NUM_CLASSES, balanced_labels, class_counts
+
 logger = logging.getLogger(__name__)
 
-NUM_CLASSES = 3  # Normal, Benign, Malignant (lungkit.data.images.CLASS_NAMES)
-
-
-def conditional_labels(n, num_classes=NUM_CLASSES):
-    """Labels for `n` class-conditional samples: the classes in turn, evenly, in order.
-
-    Returns:
-        int32 `(n,)`, sorted, each class `n // num_classes` or one more times.
-    """
-    return (np.arange(n) * num_classes // n).astype(np.int32)
 
 
 def _conditional_variant(labels):
     """The variant-dict keys that mark samples as conditional (read by `compare` and report)."""
     return {"conditional": True,
-            "class_counts": np.bincount(labels, minlength=NUM_CLASSES).tolist()}
+            "class_counts": class_counts(labels)}
 
 
 def _class_arguments(config, section):
@@ -165,7 +157,7 @@ def run_vae(config, train_x, train_y, out_dir, progress=True):
     if config.conditional and not model.has_fitted_prior:  # the ex-post class prior, saved
         model.fit_class_prior(train_x, train_y)
         model.save(out_dir / "vae.keras")
-    labels = {"label": conditional_labels(n)} if config.conditional else {}
+    labels = {"label": balanced_labels(n)} if config.conditional else {}
     images, speed = timed_generate(model.generate, n, seed=seed, **labels)
     label = "Conditional VAE (fitted class prior)" if labels else "VAE"
     entry["variants"]["vae"] = {"label": label, "steps": 1, "images_per_second": speed}
@@ -218,7 +210,7 @@ def run_diffusion(config, train_x, train_y, out_dir, progress=True):
         """Generates, times and describes one sampler's images."""
         options = {}
         if config.conditional:
-            options = {"label": conditional_labels(count), "guidance": c.guidance}
+            options = {"label": balanced_labels(count), "guidance": c.guidance}
             title += f" (w={c.guidance:g})"
         images, speed = timed_generate(model.generate, count, steps=steps, sampler=sampler,
                                        seed=seed, progress=progress, **options)
@@ -266,7 +258,7 @@ def run_latent(config, train_x, train_y, out_dir, progress=True):
     }
     options, title = {}, "Latent diffusion (hybrid)"
     if config.conditional:
-        options = {"label": conditional_labels(n), "guidance": c.guidance}
+        options = {"label": balanced_labels(n), "guidance": c.guidance}
         title += f" (w={c.guidance:g})"
     images, speed = timed_generate(model.generate, n, steps=c.sampling_steps,
                                    sampler="ddim", seed=seed, progress=progress, **options)

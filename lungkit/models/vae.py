@@ -47,6 +47,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lungkit.data.labels import resolve_labels
 from lungkit.models.base import GenerativeModel
 from lungkit.models.vae_layers import (  # noqa: F401 - re-exported: the VAE's public parts
     DEFAULT_DENSE_UNITS,
@@ -299,8 +300,6 @@ class VAE(GenerativeModel):
             return None
         if label is None:
             return np.full(n, self.num_classes, dtype=np.int32)
-        from lungkit.models.diffusion import resolve_labels
-
         return resolve_labels(label, n, self.num_classes)
 
     def encode(self, images, batch_size=256):

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from lungkit.data.labels import DATASET_FOLDER
 from lungkit.data.phantom import (
     CLASS_LAYOUT,
-    DATASET_DIRNAME,
     KINDS,
     make_phantom_dataset,
     make_phantom_slice,
@@ -39,7 +39,7 @@ def small_set(tmp_path_factory):
 
 def test_layout_and_naming_follow_iq_othnccd(small_set):
     dataset_dir, root = small_set
-    assert dataset_dir == root / DATASET_DIRNAME
+    assert dataset_dir == root / DATASET_FOLDER
     assert sorted(p.name for p in dataset_dir.iterdir()) == sorted(EXPECTED_FILES)
     for folder, names in EXPECTED_FILES.items():
         assert sorted(p.name for p in (dataset_dir / folder).iterdir()) == names
@@ -148,7 +148,7 @@ def test_window_hu_maps_range_to_uint8():
 def test_dataset_rejects_bad_arguments(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         make_phantom_dataset(tmp_path, **{"progress": False, **kwargs})
-    assert not (tmp_path / DATASET_DIRNAME).exists()
+    assert not (tmp_path / DATASET_FOLDER).exists()
 
 
 def test_slice_rejects_bad_arguments(tmp_path):

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from lungkit import experiment, load_model
+from lungkit.data.labels import balanced_labels
 from lungkit.experiment import config, runners
 
 TINY = dict(
@@ -20,9 +21,9 @@ TINY = dict(
 )
 
 
-def test_conditional_labels_split_evenly_in_class_order():
-    np.testing.assert_array_equal(runners.conditional_labels(7), [0, 0, 0, 1, 1, 2, 2])
-    assert np.bincount(runners.conditional_labels(48)).tolist() == [16, 16, 16]
+def test_balanced_labels_split_evenly_in_class_order():
+    np.testing.assert_array_equal(balanced_labels(7), [0, 0, 0, 1, 1, 2, 2])
+    assert np.bincount(balanced_labels(48)).tolist() == [16, 16, 16]
 
 
 def test_runners_build_train_and_sample_under_the_configured_precision_and_strategy(tmp_path):
