@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lungkit.checks import check_int
+
 logger = logging.getLogger(__name__)
 
 PAD_VALUE = 255  # white gaps between tiles
@@ -53,9 +55,7 @@ def grid_shape(n, ncols=None):
         raise ValueError(f"Need at least one image. Received: n={n}")
     if ncols is None:
         ncols = math.ceil(math.sqrt(n))
-    if int(ncols) < 1:
-        raise ValueError(f"`ncols` must be a positive integer. Received: ncols={ncols!r}")
-    ncols = min(int(ncols), n)
+    ncols = min(check_int("ncols", ncols), n)
     return math.ceil(n / ncols), ncols
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from lungkit.checks import check_optional_int
 from lungkit.data.dicom import (
     LUNG_WINDOW,
     check_window,
@@ -200,8 +201,7 @@ def load_image(path, size=128, window=None):
         ValueError: if the file cannot be decoded (corrupt, truncated, not an image).
     """
     path = Path(path)
-    if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
-        raise ValueError(f"`size` must be a positive int or None. Received: size={size!r}")
+    size = check_optional_int("size", size)
     if not path.is_file():
         raise FileNotFoundError(f"`path` is not a file: {str(path)!r}")
     if window is not None:
@@ -259,9 +259,7 @@ def load_data(data_dir, size=128, classes=None, limit=None, progress=True, windo
     Raises:
         FileNotFoundError: missing directory, no class folders, or no readable image.
     """
-    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
-        raise ValueError(f"`limit` must be a positive int (files per class) or None. "
-                         f"Received: limit={limit!r}")
+    limit = check_optional_int("limit", limit)  # files per class
     if window is not None:
         check_window(window)
     files, others = _list_files(data_dir, classes)

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from lungkit.checks import check_int
 from lungkit.data import _phantom_anatomy as anatomy
 from lungkit.data._phantom_canvas import Canvas
 from lungkit.data.labels import CLASS_NAMES, DATASET_FOLDER, DATASET_SPELLING
@@ -61,8 +62,7 @@ def _check_kind(kind):
 
 
 def _check_size(size):
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-        raise ValueError(f"`size` must be an integer >= {MIN_SIZE}. Received: size={size!r}")
+    return check_int("size", size, low=MIN_SIZE)
 
 
 def phantom_hu(rng, size=512, kind="normal"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from lungkit.checks import check_int
 from lungkit.data.images import list_image_files, load_image
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ def files_and_labels(data_dir, classes=None):
     """
     items = list_image_files(data_dir, classes=classes)
     return [str(path) for path, _ in items], np.array([lab for _, lab in items], dtype=np.int64)
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"`{name}` must be an int >= {low}. Received: {name}={value!r}")
 
 
 def _resize_uint8(images, image_size):
@@ -278,8 +274,8 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         `tf.data.Dataset` of float32 `(B, image_size, image_size, channels)` in [0, 1]
         (and int32 `(B,)`). With `shuffle`, it has the attribute `epoch_variable`.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("image_size", image_size, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("image_size", image_size, 1)
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
     if (images is None) == (files is None):

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from lungkit.checks import check_images, check_int, check_optional_int
 from lungkit.data.labels import NUM_CLASSES, check_labels
 from lungkit.evaluation.common import (
-    check_images,
     data_hash,
     load_or_build,
     predict_batches,
@@ -122,8 +122,7 @@ def train_classifier(images, labels, image_size=None, channels=None, num_classes
     """
     images = check_images(images)
     labels = check_labels(labels, len(images), num_classes)
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"`steps` must be a positive int or None. Received: steps={steps!r}")
+    steps = check_optional_int("steps", steps)
     image_size = image_size or images.shape[1]
     channels = channels or images.shape[-1]
     images = resize_images(images, image_size, channels)
@@ -213,8 +212,7 @@ def train_classifier_ensemble(images, labels, members=1, seed=0, progress=False,
     class fidelity depend less on one training's luck. Member `k` gets `seed + k` (its
     augmentation); `members=1` returns the plain classifier.
     """
-    if isinstance(members, bool) or not isinstance(members, (int, np.integer)) or members < 1:
-        raise ValueError(f"`members` must be a positive int. Received: members={members!r}")
+    members = check_int("members", members)
     models = [train_classifier(images, labels, seed=seed + index, **options,
                                progress=progress and f"classifier {index + 1}/{members}")
               for index in range(members)]

@@ -1,7 +1,7 @@
 """What every evaluation module shares: image checks, resizing, batching, feature extractors.
 
-- `check_images` / `resize_images`: the NHWC [0, 1] float batches every metric takes, and
-  their conversion to another size or channel count.
+- `resize_images`: the NHWC [0, 1] float batches every metric takes (checked by
+  `lungkit.checks.check_images`) at another size or channel count.
 - `FeatureExtractor`: the interface of FID/KID features (`name`, `__call__(images)` ->
   `(N, D)`), implemented by `lungkit.evaluation.features.InceptionFeatures` and
   `lungkit.evaluation.domain_encoder.DomainEncoder`.
@@ -18,24 +18,9 @@ import keras
 import numpy as np
 from tqdm.auto import tqdm
 
+from lungkit.checks import check_images
+
 logger = logging.getLogger(__name__)
-
-
-def check_images(images, name="images"):
-    """Validates an NHWC float batch in [0, 1] and returns it as float32 numpy.
-
-    Raises:
-        ValueError: naming `name` when the rank, channel count or value range is wrong.
-    """
-    images = np.asarray(images, dtype="float32")
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"`{name}` must be NHWC with 1 or 3 channels. Received shape {images.shape}")
-    if images.shape[0] == 0:
-        raise ValueError(f"`{name}` must hold at least one image. Received shape {images.shape}")
-    low, high = float(images.min()), float(images.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise ValueError(f"`{name}` must be float in [0, 1]. Received values in [{low:.3g}, {high:.3g}]")
-    return np.clip(images, 0.0, 1.0)
 
 
 def resize_images(images, size, channels):

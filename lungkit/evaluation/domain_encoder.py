@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import scipy.ndimage
 
+from lungkit.checks import check_images
 from lungkit.data.labels import NUM_CLASSES, check_labels
 from lungkit.evaluation.classifier import (
     MIN_TRAIN_STEPS,
@@ -28,7 +29,6 @@ from lungkit.evaluation.classifier import (
 )
 from lungkit.evaluation.common import (
     FeatureExtractor,
-    check_images,
     data_hash,
     default_cache_dir,
     load_or_build,

@@ -23,9 +23,10 @@ import numpy as np
 import scipy.linalg
 import tensorflow as tf
 
+from lungkit.checks import check_images
 from lungkit.data.labels import CLASS_NAMES, NUM_CLASSES
 from lungkit.evaluation.classifier import predict_labels, train_classifier
-from lungkit.evaluation.common import check_images, data_hash, resize_images
+from lungkit.evaluation.common import data_hash, resize_images
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ with fields changed (`"vae.epochs": 5` reaches inside a section). TensorFlow-fre
 
 import dataclasses
 
+from lungkit.checks import check_channels, check_int, check_optional_int
+
 MODEL_NAMES = ("vae", "denoiser", "diffusion", "latent")
 # lungkit.training's strategies and precisions (not imported: this module stays TensorFlow-free)
 # lungkit.training's strategies and precisions (not imported: this module stays TensorFlow-free)
@@ -116,14 +118,12 @@ class ExperimentConfig:
             raise ValueError(
                 f"`test_fraction` must be in (0, 1). Received: test_fraction={self.test_fraction}"
             )
-        if self.channels not in (1, 3):
-            raise ValueError(f"`channels` must be 1 or 3. Received: channels={self.channels}")
-        for field in ("classifier_steps", "classifier_members", "tstr_steps"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{field}` must be a positive int. Received: {field}={value!r}")
-        if self.n_generate < 2:
-            raise ValueError(f"`n_generate` must be >= 2. Received: n_generate={self.n_generate}")
+        check_channels(self.channels)
+        for field in ("image_size", "classifier_steps", "classifier_members", "tstr_steps",
+                      "phantom_per_class"):
+            check_int(field, getattr(self, field))
+        check_int("n_generate", self.n_generate, low=2)
+        check_optional_int("limit", self.limit)
         if self.strategy not in COMPARE_STRATEGIES:
             raise ValueError(
                 f"`strategy` must be one of {COMPARE_STRATEGIES} (compare runs on one machine; "

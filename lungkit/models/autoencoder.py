@@ -29,6 +29,14 @@ import keras
 import numpy as np
 from keras import ops
 
+from lungkit.checks import (
+    check_channels,
+    check_choice,
+    check_int,
+    check_int_tuple,
+    check_number,
+    check_seed,
+)
 from lungkit.models.base import GenerativeModel, unpack_batch
 from lungkit.models.unet import ResidualBlock
 from lungkit.models.vae_layers import Sampling, kl_divergence, reconstruction_loss
@@ -98,12 +106,6 @@ def build_latent_decoder(image_size, channels, latent_channels, widths, blocks_p
     return keras.Model(z, outputs, name=name)
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
 @keras.saving.register_keras_serializable(package="lungkit")
 class LatentAutoencoder(GenerativeModel):
     """KL-regularised autoencoder: images `(B, H, W, C)` in [0, 1] <-> latents `(B, h, w, c)`.
@@ -128,33 +130,25 @@ class LatentAutoencoder(GenerativeModel):
                  widths=DEFAULT_AUTOENCODER_WIDTHS, blocks_per_level=1, groups=8,
                  reconstruction="l1", kl_weight=DEFAULT_KL_WEIGHT, scale_factor=None,
                  shift_factor=0.0, seed=None, **kwargs):
-        widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
-        if not isinstance(widths, tuple) or len(widths) < 2:
-            raise ValueError(f"`widths` must hold at least 2 widths (one per level, so at least "
-                             f"one downsampling). Received: widths={widths!r}")
-        widths = tuple(_positive_int("widths", w) for w in widths)
-        groups = _positive_int("groups", groups)
+        widths = check_int_tuple("widths", widths, min_length=2)  # >= 1 downsampling
+        groups = check_int("groups", groups)
         if any(w % groups for w in widths):
             raise ValueError(f"`groups` must divide every width. Received: groups={groups}, "
                              f"widths={widths}")
         factor = 2 ** (len(widths) - 1)
-        if _positive_int("image_size", image_size) % factor:
+        if check_int("image_size", image_size) % factor:
             raise ValueError(f"`image_size` must be divisible by {factor} ({len(widths) - 1} "
                              f"downsamplings). Received: image_size={image_size}")
-        if channels not in (1, 3):
-            raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
-        if reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(f"`reconstruction` must be one of {RECONSTRUCTIONS}. "
-                             f"Received: reconstruction={reconstruction!r}")
-        if not isinstance(kl_weight, (int, float)) or isinstance(kl_weight, bool) \
-                or not kl_weight >= 0:
-            raise ValueError(f"`kl_weight` must be a number >= 0. Received: kl_weight={kl_weight!r}")
-        if scale_factor is not None and not scale_factor > 0:
-            raise ValueError(f"`scale_factor` must be > 0 or None. "
-                             f"Received: scale_factor={scale_factor!r}")
+        channels = check_channels(channels)
+        check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        kl_weight = check_number("kl_weight", kl_weight, low=0.0)
+        if scale_factor is not None:
+            scale_factor = check_number("scale_factor", scale_factor, low=0.0, low_open=True)
+        blocks_per_level = check_int("blocks_per_level", blocks_per_level)
+        seed = check_seed("seed", seed)
         super().__init__(**kwargs)
         self.image_size, self.channels = int(image_size), channels
-        self.latent_channels = _positive_int("latent_channels", latent_channels)
+        self.latent_channels = check_int("latent_channels", latent_channels)
         self.widths, self.blocks_per_level, self.groups = widths, int(blocks_per_level), groups
         self.reconstruction, self.kl_weight, self.seed = reconstruction, float(kl_weight), seed
         self.latent_size = self.image_size // factor
@@ -234,7 +228,7 @@ class LatentAutoencoder(GenerativeModel):
     # -- numpy API ----------------------------------------------------------------------
     def _batches(self, data, batch_size):
         """Yields float32 image batches from an array `(n, H, W, C)` or a `tf.data.Dataset`."""
-        _positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
         if hasattr(data, "element_spec"):
             for batch in data:
                 yield ops.cast(unpack_batch(batch)[0], "float32")
@@ -269,7 +263,7 @@ class LatentAutoencoder(GenerativeModel):
         if z.ndim != 4 or z.shape[1:] != self.latent_shape:
             raise ValueError(f"`z` must have shape (n, {', '.join(map(str, self.latent_shape))}). "
                              f"Received: shape={z.shape}")
-        _positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
         images = [ops.convert_to_numpy(self.decoder(z[i:i + batch_size], training=False))
                   for i in range(0, len(z), batch_size)]
         images = np.concatenate(images) if images else \

@@ -22,6 +22,7 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
+from lungkit.checks import check_channels, check_images, check_int, check_int_tuple, check_seed
 from lungkit.models.base import GenerativeModel
 from lungkit.models.unet import build_unet
 
@@ -49,12 +50,6 @@ def _check_noise_std(noise_std, name="noise_std"):
     return float(noise_std)
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
-
-
 @keras.saving.register_keras_serializable(package="lungkit")
 class UNetDenoiser(GenerativeModel):
     """U-Net denoiser for CT slices `(batch, H, W, C)` in [0, 1], trained with MSE.
@@ -74,12 +69,14 @@ class UNetDenoiser(GenerativeModel):
     def __init__(self, image_size=128, channels=3, noise_std=PAPER_NOISE_STD,
                  widths=(32, 64, 128), blocks_per_level=1, attention_levels=(), groups=8,
                  seed=None, **kwargs):
-        if channels not in (1, 3):
-            raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
+        image_size = check_int("image_size", image_size)
+        channels = check_channels(channels)
         noise_std = _check_noise_std(noise_std)
+        widths = check_int_tuple("widths", widths)
+        seed = check_seed("seed", seed)
         super().__init__(**kwargs)
         self.image_size, self.channels, self.noise_std = image_size, channels, noise_std
-        self.widths, self.attention_levels = tuple(widths), tuple(attention_levels)
+        self.widths, self.attention_levels = widths, tuple(attention_levels)
         self.blocks_per_level, self.groups, self.seed = blocks_per_level, groups, seed
         self.unet = build_unet(image_size, channels, widths=self.widths,
                                blocks_per_level=blocks_per_level,
@@ -146,9 +143,9 @@ class UNetDenoiser(GenerativeModel):
         Returns:
             float32 numpy array `(n, H, W, C)` in [0, 1].
         """
-        noisy = self._check_images(noisy, "noisy")
-        steps = _check_positive_int("steps", steps)
-        batch_size = _check_positive_int("batch_size", batch_size)
+        noisy = check_images(noisy, "noisy", self.image_size, self.channels)
+        steps = check_int("steps", steps)
+        batch_size = check_int("batch_size", batch_size)
         restored = []
         for start in range(0, len(noisy), batch_size):
             batch = ops.convert_to_tensor(noisy[start:start + batch_size])
@@ -157,7 +154,7 @@ class UNetDenoiser(GenerativeModel):
             restored.append(ops.convert_to_numpy(batch))
         return np.concatenate(restored).astype("float32")
 
-    def generate(self, n, source_images=None, noise_std=None, seed=None, steps=1,
+    def generate(self, n, *, source_images=None, noise_std=None, seed=None, steps=1,
                  batch_size=64, progress=True):
         """Generates `n` images the paper's way (from real images) or from pure noise.
 
@@ -180,12 +177,12 @@ class UNetDenoiser(GenerativeModel):
         Returns:
             float32 numpy array `(n, H, W, C)` in [0, 1].
         """
-        n = _check_positive_int("n", n)
-        steps = _check_positive_int("steps", steps)
-        batch_size = _check_positive_int("batch_size", batch_size)
+        n = check_int("n", n)
+        steps = check_int("steps", steps)
+        batch_size = check_int("batch_size", batch_size)
         noise_std = self.noise_std if noise_std is None else _check_noise_std(noise_std)
         if source_images is not None:
-            source_images = self._check_images(source_images, "source_images")
+            source_images = check_images(source_images, "source_images", self.image_size, self.channels)
             source_images = source_images[np.arange(n) % len(source_images)]
         seed_generator = (self.seed_generator if seed is None
                           else keras.random.SeedGenerator(seed, name="generate_seed"))
@@ -205,14 +202,6 @@ class UNetDenoiser(GenerativeModel):
                 batch = self._restore_step(batch)
             samples.append(ops.convert_to_numpy(batch))
         return np.concatenate(samples).astype("float32")
-
-    def _check_images(self, images, name):
-        images = np.asarray(images, dtype="float32")
-        expected = (self.image_size, self.image_size, self.channels)
-        if images.ndim != 4 or images.shape[1:] != expected or len(images) == 0:
-            raise ValueError(f"`{name}` must have shape (n, {', '.join(map(str, expected))}) "
-                             f"with n >= 1. Received: {name}.shape={images.shape}")
-        return images
 
     def get_config(self):
         noise_std = list(self.noise_std) if isinstance(self.noise_std, tuple) else self.noise_std

@@ -23,6 +23,8 @@ import math
 import keras
 from keras import ops
 
+from lungkit.checks import check_int
+
 logger = logging.getLogger(__name__)
 
 # keras-io ddim.py: embedding frequencies spread geometrically from 1 to 1000.
@@ -190,19 +192,15 @@ class AttentionBlock(keras.layers.Layer):
 
 def _validate(image_size, channels, widths, blocks_per_level, attention_levels,
               embedding_dims, num_classes, out_channels, groups):
-    def positive_int(name, value):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-
-    positive_int("image_size", image_size)
-    positive_int("channels", channels)
-    positive_int("blocks_per_level", blocks_per_level)
-    positive_int("groups", groups)
-    positive_int("embedding_dims", embedding_dims)
+    check_int("image_size", image_size)
+    check_int("channels", channels)
+    check_int("blocks_per_level", blocks_per_level)
+    check_int("groups", groups)
+    check_int("embedding_dims", embedding_dims)
     if not widths:
         raise ValueError(f"`widths` must be a non-empty sequence. Received: widths={widths!r}")
     for width in widths:
-        positive_int("widths", width)
+        check_int("widths", width)
         if width % groups:
             raise ValueError(f"`groups` must divide every width. Received: groups={groups}, "
                              f"widths={tuple(widths)}")
@@ -218,9 +216,9 @@ def _validate(image_size, channels, widths, blocks_per_level, attention_levels,
     if embedding_dims % 2:
         raise ValueError(f"`embedding_dims` must be even. Received: embedding_dims={embedding_dims}")
     if num_classes is not None:
-        positive_int("num_classes", num_classes)
+        check_int("num_classes", num_classes)
     if out_channels is not None:
-        positive_int("out_channels", out_channels)
+        check_int("out_channels", out_channels)
 
 
 def build_unet(image_size, channels, widths=(32, 64, 96, 128), blocks_per_level=2,

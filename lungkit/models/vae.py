@@ -47,6 +47,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from lungkit.checks import (
+    check_channels,
+    check_choice,
+    check_int,
+    check_int_tuple,
+    check_number,
+    check_optional_int,
+    check_seed,
+)
 from lungkit.data.labels import resolve_labels
 from lungkit.models.base import GenerativeModel
 from lungkit.models.vae_layers import (  # noqa: F401 - re-exported: the VAE's public parts
@@ -63,13 +72,8 @@ from lungkit.models.vae_layers import (  # noqa: F401 - re-exported: the VAE's p
 
 logger = logging.getLogger(__name__)
 
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256  # the sizes the issue promises to support
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256  # smallest and largest side the networks are built for
 PRIOR_JITTER = 1e-3  # added to the fitted class covariances' diagonal
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
 @keras.saving.register_keras_serializable(package="lungkit")
@@ -100,39 +104,20 @@ class VAE(GenerativeModel):
     def __init__(self, image_size=128, channels=3, latent_dim=128, widths=DEFAULT_WIDTHS,
                  dense_units=DEFAULT_DENSE_UNITS, reconstruction="bce", beta=1.0,
                  num_classes=None, class_dropout=0.1, seed=None, **kwargs):
-        widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
-        if not isinstance(widths, tuple) or not widths:
-            raise ValueError(f"`widths` must be a non-empty tuple of positive integers. "
-                             f"Received: widths={widths!r}")
-        for width in widths:
-            _check_positive_int("widths", width)
-        _check_positive_int("image_size", image_size)
+        widths = check_int_tuple("widths", widths)
+        image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
         factor = 2 ** len(widths)
-        if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE or image_size % factor:
-            raise ValueError(
-                f"`image_size` must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} and "
-                f"divisible by {factor} (2 ** len(widths) for {len(widths)} downsamplings). "
-                f"Received: image_size={image_size}")
-        if channels not in (1, 3):
-            raise ValueError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
-        _check_positive_int("latent_dim", latent_dim)
-        if isinstance(dense_units, bool) or not isinstance(dense_units, (int, np.integer)) \
-                or dense_units < 0:
-            raise ValueError(f"`dense_units` must be an integer >= 0. "
-                             f"Received: dense_units={dense_units!r}")
-        if reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(f"`reconstruction` must be one of {RECONSTRUCTIONS}. "
-                             f"Received: reconstruction={reconstruction!r}")
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 0:
-            raise ValueError(f"`beta` must be a number >= 0. Received: beta={beta!r}")
-        if num_classes is not None:
-            _check_positive_int("num_classes", num_classes)
-        if isinstance(class_dropout, bool) or not isinstance(class_dropout, (int, float)) \
-                or not 0.0 <= class_dropout < 1.0:
-            raise ValueError(f"`class_dropout` must be in [0, 1). "
-                             f"Received: class_dropout={class_dropout!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        if image_size % factor:
+            raise ValueError(f"`image_size` must be divisible by {factor} (2 ** len(widths) for "
+                             f"{len(widths)} downsamplings). Received: image_size={image_size}")
+        channels = check_channels(channels)
+        latent_dim = check_int("latent_dim", latent_dim)
+        dense_units = check_int("dense_units", dense_units, low=0)
+        check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        beta = check_number("beta", beta, low=0.0)
+        num_classes = check_optional_int("num_classes", num_classes)
+        class_dropout = check_number("class_dropout", class_dropout, 0.0, 1.0, high_open=True)
+        seed = check_seed("seed", seed)
         super().__init__(**kwargs)
         self.image_size, self.channels, self.latent_dim = int(image_size), channels, int(latent_dim)
         self.widths, self.dense_units = tuple(int(w) for w in widths), int(dense_units)
@@ -312,7 +297,7 @@ class VAE(GenerativeModel):
             `(z_mean, z_log_var)`, float32 numpy arrays `(n, latent_dim)`.
         """
         images = self._as_images(images)
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
         return self._encode_batches(images, batch_size)
 
     def _encode_batches(self, images, batch_size):
@@ -333,7 +318,7 @@ class VAE(GenerativeModel):
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"`z` must have shape (n, {self.latent_dim}). "
                              f"Received: shape={z.shape}")
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
         return self._decode_batches(z, self._label_array(labels, len(z)), batch_size)
 
     def _decode_batches(self, z, labels, batch_size):
@@ -351,7 +336,7 @@ class VAE(GenerativeModel):
         means "no label".
         """
         images = self._as_images(images)
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
         labels = self._label_array(labels, len(images))
         z_mean, _ = self._encode_batches(images, batch_size)
         return self._decode_batches(z_mean, labels, batch_size)
@@ -388,7 +373,7 @@ class VAE(GenerativeModel):
         if labels is not None:
             images = self._as_images(x)
             labels = self._label_array(labels, len(images))
-            _check_positive_int("batch_size", batch_size)
+            check_int("batch_size", batch_size)
             z_mean, _ = self._encode_batches(images, batch_size)
         else:
             if isinstance(x, np.ndarray) or hasattr(x, "shape"):
@@ -421,7 +406,7 @@ class VAE(GenerativeModel):
         logger.info("Fitted the class prior to %d encodings %s", len(z_mean), counts)
         return counts
 
-    def generate(self, n, seed=None, batch_size=256, label=None, guidance=None, prior=None):
+    def generate(self, n, *, seed=None, batch_size=256, label=None, guidance=None, prior=None):
         """Samples `n` new images by decoding z ~ N(0, I) (the class prior when conditional).
 
         Args:
@@ -441,10 +426,9 @@ class VAE(GenerativeModel):
         Returns:
             float32 numpy array `(n, H, W, C)` in [0, 1].
         """
-        _check_positive_int("n", n)
-        _check_positive_int("batch_size", batch_size)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
+        check_int("n", n)
+        check_int("batch_size", batch_size)
+        seed = check_seed("seed", seed)
         if guidance is not None:
             raise ValueError(
                 "`guidance` (classifier-free guidance) applies to the diffusion models; the "

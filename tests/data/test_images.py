@@ -118,7 +118,7 @@ def test_bad_classes_and_limit(make_iq_dir):
     root = make_iq_dir(per_class=3)
     with pytest.raises(ValueError, match="`classes` must be one of .*Received: classes=.cancer."):
         load_data(root, classes=["cancer"])
-    with pytest.raises(ValueError, match="`limit` must be a positive int"):
+    with pytest.raises(ValueError, match="`limit` must be an integer >= 1"):
         load_data(root, limit=0)
     images, labels = load_data(root, size=8, limit=2)  # limit is per class
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
@@ -184,7 +184,7 @@ def test_load_image_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="Cannot read image .*bad.png"):
         load_image(tmp_path / "bad.png")
-    with pytest.raises(ValueError, match="`size` must be a positive int"):
+    with pytest.raises(ValueError, match="`size` must be an integer >= 1"):
         load_image(CT_SMALL, size=0)
 
 

@@ -144,7 +144,7 @@ def test_argument_errors():
         make_dataset()
     with pytest.raises(ValueError, match="`channels` must be 1 or 3"):
         make_dataset(images, channels=2)
-    with pytest.raises(ValueError, match="`batch_size` must be an int >= 1"):
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
         make_dataset(images, batch_size=0)
     with pytest.raises(ValueError, match="needs `labels`"):
         make_dataset(images, with_labels=True)

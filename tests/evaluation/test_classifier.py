@@ -50,7 +50,7 @@ def test_classifier_augments_only_in_training():
 
 def test_train_classifier_checks_steps():
     images, labels = class_images(2, size=16)
-    with pytest.raises(ValueError, match=r"`steps` must be a positive int or None. Received: steps=0"):
+    with pytest.raises(ValueError, match=r"`steps` must be an integer >= 1. Received: steps=0"):
         C.train_classifier(images, labels, steps=0)
 
 
@@ -104,7 +104,7 @@ def test_ensemble_classifiers_checks_its_members():
         C.ensemble_classifiers(mixed)
     images, labels = class_images(2, size=16)
     for members in (0, 1.5, True):
-        with pytest.raises(ValueError, match=rf"`members` must be a positive int. Received: "
+        with pytest.raises(ValueError, match=rf"`members` must be an integer >= 1. Received: "
                                              rf"members={members!r}"):
             C.train_classifier_ensemble(images, labels, members=members, steps=1)
 

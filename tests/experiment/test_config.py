@@ -21,9 +21,9 @@ def test_config_overrides_reach_nested_sections():
     "overrides, match",
     [({"models": ("vae", "gan")}, "subset of"), ({"test_fraction": 1.5}, "test_fraction"),
      ({"channels": 2}, "channels"), ({"nope.epochs": 1}, "Unknown config section"),
-     ({"classifier_steps": 0}, r"`classifier_steps` must be a positive int. Received: "
+     ({"classifier_steps": 0}, r"`classifier_steps` must be an integer >= 1. Received: "
                                r"classifier_steps=0"),
-     ({"tstr_steps": 2.5}, "`tstr_steps` must be a positive int"),
+     ({"tstr_steps": 2.5}, "`tstr_steps` must be an integer >= 1"),
      ({"strategy": "multiworker"}, r"`strategy` must be one of .*Received: strategy='multiworker'"),
      ({"precision": "float16"}, r"`precision` must be one of .*Received: precision='float16'")],
 )

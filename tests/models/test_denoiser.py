@@ -123,13 +123,13 @@ def test_constructor_errors(kwargs, match):
 
 def test_method_errors():
     model = UNetDenoiser(channels=1, **TINY)
-    with pytest.raises(ValueError, match=r"`noisy` must have shape \(n, 32, 32, 1\)"):
+    with pytest.raises(ValueError, match=r"`noisy` must be NHWC with 1 channel"):
         model.restore(np.zeros((2, 32, 32, 3), "float32"))
-    with pytest.raises(ValueError, match="`steps` must be a positive integer"):
+    with pytest.raises(ValueError, match="`steps` must be an integer >= 1"):
         model.restore(np.zeros((2, 32, 32, 1), "float32"), steps=0)
-    with pytest.raises(ValueError, match="`n` must be a positive integer"):
+    with pytest.raises(ValueError, match="`n` must be an integer >= 1"):
         model.generate(0, progress=False)
-    with pytest.raises(ValueError, match="`source_images` must have shape"):
+    with pytest.raises(ValueError, match="`source_images` must be 32x32 px"):
         model.generate(2, source_images=np.zeros((2, 16, 16, 1), "float32"), progress=False)
     with pytest.raises(ValueError, match="`noise_std` must be"):
         model.generate(2, noise_std=-1.0, progress=False)

@@ -132,7 +132,7 @@ def test_class_conditional_hybrid_on_a_given_autoencoder(trained):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(widths=(8,)), "at least 2 widths"),
+    (dict(widths=(8,)), "`widths` must be a sequence of at least 2"),
     (dict(image_size=34, widths=(8, 16, 16)), "divisible by 4"),
     (dict(widths=(8, 12)), "groups"),
     (dict(channels=2), "channels"),

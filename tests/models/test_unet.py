@@ -91,7 +91,7 @@ def test_residual_block_shortcut_only_when_width_changes():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(image_size=33), "divisible by 2 for a U-Net with 1"),
     (dict(groups=3), "`groups` must divide every width"),
-    (dict(channels=0), "`channels` must be a positive integer"),
+    (dict(channels=0), "`channels` must be an integer >= 1"),
     (dict(attention_levels=(2,)), "attention_levels"),
     (dict(embedding_dims=7), "`embedding_dims` must be even"),
     (dict(widths=()), "`widths` must be a non-empty"),

@@ -105,7 +105,7 @@ def test_generate_range_dtype_shape_and_seed(tiny_vae):
     np.testing.assert_array_equal(images, tiny_vae.generate(5, seed=7))
     assert not np.array_equal(images, tiny_vae.generate(5, seed=8))
     assert not np.array_equal(tiny_vae.generate(5), tiny_vae.generate(5))
-    with pytest.raises(ValueError, match="`n` must be a positive integer"):
+    with pytest.raises(ValueError, match="`n` must be an integer >= 1"):
         tiny_vae.generate(0)
 
 
@@ -149,16 +149,16 @@ def test_wrong_input_shape_names_expected_and_received(tiny_vae):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(image_size=16), "`image_size` must be between 32 and 256"),
-    (dict(image_size=512), "`image_size` must be between 32 and 256"),
+    (dict(image_size=16), r"`image_size` must be an integer in \[32, 256\]"),
+    (dict(image_size=512), r"`image_size` must be an integer in \[32, 256\]"),
     (dict(image_size=40), "divisible by 16"),
     (dict(channels=2), "`channels` must be 1 or 3"),
-    (dict(latent_dim=0), "`latent_dim` must be a positive integer"),
-    (dict(widths=()), "`widths` must be a non-empty tuple"),
+    (dict(latent_dim=0), "`latent_dim` must be an integer >= 1"),
+    (dict(widths=()), "`widths` must be a sequence of at least 1 integer"),
     (dict(reconstruction="l1"), "`reconstruction` must be one of"),
-    (dict(beta=-1.0), "`beta` must be a number >= 0"),
-    (dict(num_classes=0), "`num_classes` must be a positive integer"),
-    (dict(num_classes=3, class_dropout=1.0), r"`class_dropout` must be in \[0, 1\)"),
+    (dict(beta=-1.0), r"`beta` must be a finite number in \[0, inf\)"),
+    (dict(num_classes=0), "`num_classes` must be an integer >= 1"),
+    (dict(num_classes=3, class_dropout=1.0), r"`class_dropout` must be a finite number in \[0, 1\)"),
     (dict(seed="a"), "`seed` must be an integer or None"),
 ])
 def test_bad_constructor_arguments(kwargs, match):
