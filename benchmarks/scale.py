@@ -53,22 +53,16 @@ QUICK_MODEL_KWARGS = {
 }
 
 
-def _model_class(name):
-    from lungkit.models.denoiser import UNetDenoiser
-    from lungkit.models.diffusion import DiffusionModel
-    from lungkit.models.vae import VAE
-
-    return {"vae": VAE, "denoiser": UNetDenoiser, "diffusion": DiffusionModel}[name]
-
-
 def build_model(name, size, channels=3, policy="float32", jit=False, quick=False):
     """Builds and compiles one model (Adam 1e-4) under a dtype policy; the policy is reset."""
     import keras
 
+    from lungkit.models.registry import model_class
+
     keras.mixed_precision.set_global_policy(policy)
     try:
         kwargs = QUICK_MODEL_KWARGS[name] if quick else {}
-        model = _model_class(name)(image_size=size, channels=channels, seed=0, **kwargs)
+        model = model_class(name)(image_size=size, channels=channels, seed=0, **kwargs)
         # compile() wraps the optimizer in a LossScaleOptimizer for mixed_float16 models.
         model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=jit)
     finally:

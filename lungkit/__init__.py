@@ -25,7 +25,7 @@ _EXPORTS = {
     "NoiseSchedule": "lungkit.models.diffusion",
     "DiffusionModel": "lungkit.models.diffusion",
     "LatentDiffusion": "lungkit.models.latent",
-    "load_model": "lungkit.models",
+    "load_model": "lungkit.models.registry",
     "evaluate": "lungkit.evaluation.metrics",
     "compare": "lungkit.experiment.compare",
 }

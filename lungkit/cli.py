@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lungkit import __version__
+from lungkit.models.registry import MODELS, diffusion_sampler, model_class
 
 logger = logging.getLogger("lungkit")
 
@@ -101,31 +102,7 @@ def _data_info(args):
 
 
 # --- train / sample ---------------------------------------------------------------------------
-# MODEL name -> "module:class", imported only when used (so `lungkit data` stays light)
-MODELS = {
-    "vae": "lungkit.models.vae:VAE",
-    "denoiser": "lungkit.models.denoiser:UNetDenoiser",
-    "diffusion": "lungkit.models.diffusion:DiffusionModel",
-    "latent": "lungkit.models.latent:LatentDiffusion",  # trains its autoencoder first
-}
 PHANTOM_DIR = Path("data/phantom")  # where `train` writes the phantom set without --data
-
-
-def model_class(name):
-    """The model class registered under `name` in `MODELS` (imported now)."""
-    import importlib
-
-    if name not in MODELS:
-        raise ValueError(f"MODEL must be one of {tuple(MODELS)}. Received: {name!r}")
-    module, _, attr = MODELS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def _accepts(function, name):
-    import inspect
-
-    parameters = inspect.signature(function).parameters
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _default_data_dir():
@@ -171,8 +148,7 @@ def _train(args):
     keras.utils.set_random_seed(args.seed)
     cls = model_class(args.model)
     kwargs = {"image_size": args.size, "channels": args.channels, **parse_assignments(args.set)}
-    if _accepts(cls.__init__, "seed"):
-        kwargs.setdefault("seed", args.seed)
+    kwargs.setdefault("seed", args.seed)  # every registered model takes one
     dataset, count = _training_data(args, args.data or _default_data_dir())
     out = Path(args.out or f"runs/{args.model}")
     model, history = training.train(
@@ -187,7 +163,7 @@ def _train(args):
                      path=out / "curves.png", title=f"lungkit train {args.model}")
     if args.samples:
         options = {"seed": args.seed}
-        if hasattr(model, "timesteps") and _accepts(model.generate, "steps"):  # diffusion
+        if diffusion_sampler(args.model):
             options["steps"] = min(args.sample_steps, model.timesteps)
         if getattr(model, "num_classes", None):  # conditional: the classes in turn, in order
             options["label"] = [i * model.num_classes // args.samples
@@ -201,22 +177,27 @@ def _train(args):
 
 def _sample(args):
     from lungkit import viz
-    from lungkit.models import load_model
+    from lungkit.models.registry import load_model, model_name, model_spec
 
-    model_class(args.model)  # checks the model name
-    path = Path(args.model_path)
-    if not path.exists():
-        raise FileNotFoundError(f"`--model` file not found: {path}")
-    model = load_model(path)
+    spec = model_spec(args.model)
     options = {"seed": args.seed}
     for key in ("steps", "sampler", "label", "guidance"):
         value = getattr(args, key)
         if key == "label" and value is not None and value.isdigit():
             value = int(value)  # a class index; names ("malignant") stay strings
         if value is not None:
-            if not _accepts(model.generate, key):
-                raise ValueError(f"--{key} does not apply to the {args.model} model.")
+            if key not in spec.sampling_options:
+                raise ValueError(f"--{key} does not apply to the {args.model} model (it takes "
+                                 f"{', '.join('--' + o for o in spec.sampling_options)}).")
             options[key] = value
+    path = Path(args.model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"`--model` file not found: {path}")
+    model = load_model(path)
+    if model_name(model) != args.model:
+        raise ValueError(f"--model {path} holds a {type(model).__name__} "
+                         f"({model_name(model) or 'not a generative model'}), not a "
+                         f"{args.model} model.")
     images = model.generate(args.n, **options)
     viz.save_grid(images, args.out)
     print(args.out)
@@ -231,7 +212,8 @@ def add_train_commands(subparsers):
         "phantom set in data/phantom). Writes OUT/MODEL.keras (last) and MODEL.best.keras, "
         "history.csv, curves.png and samples.png. A killed run started again with the same "
         "--out resumes at its last finished epoch.")
-    train.add_argument("model", metavar="MODEL", choices=tuple(MODELS), help=", ".join(MODELS))
+    train.add_argument("model", metavar="MODEL", choices=tuple(MODELS),
+                       help="; ".join(f"{s.name}: {s.summary}" for s in MODELS.values()))
     train.add_argument("--data", default=None, help="dataset folder (default: phantom set)")
     train.add_argument("--size", type=int, default=128, help="image side in pixels (128)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=3,
@@ -266,7 +248,8 @@ def add_train_commands(subparsers):
     sample = subparsers.add_parser(
         "sample", help="generate an image grid from a saved model",
         description="Load OUT/MODEL.keras from `lungkit train` and save a grid of samples.")
-    sample.add_argument("model", metavar="MODEL", choices=tuple(MODELS), help=", ".join(MODELS))
+    sample.add_argument("model", metavar="MODEL", choices=tuple(MODELS),
+                        help=", ".join(MODELS))
     sample.add_argument("--model", dest="model_path", required=True, help="a saved .keras model")
     sample.add_argument("-n", type=int, default=16, help="number of images (16)")
     sample.add_argument("--seed", type=int, default=0)
@@ -394,13 +377,17 @@ def _run_evaluate(args):
     from lungkit.data.images import load_data, normalize, to_channels
     from lungkit.evaluation import metrics
     from lungkit.evaluation.features import get_feature_extractor
-    from lungkit.models import load_model
+    from lungkit.models.registry import diffusion_sampler, load_model, model_name
 
     model = load_model(args.model)
+    name = model_name(model)
+    if name is None:
+        raise ValueError(f"--model {args.model} holds a {type(model).__name__}, which does not "
+                         f"generate images; give a saved {', '.join(MODELS)} model.")
     real, labels = load_data(args.data, size=model.image_size)
     real = to_channels(normalize(real), model.channels)
     kwargs = {"seed": args.seed}
-    if hasattr(model, "timesteps"):
+    if diffusion_sampler(name):
         kwargs["steps"] = args.steps
     generated = model.generate(args.n, **kwargs)
     extractor = get_feature_extractor(args.features, train_images=real, train_labels=labels)

@@ -11,8 +11,9 @@ with fields changed (`"vae.epochs": 5` reaches inside a section). TensorFlow-fre
 import dataclasses
 
 from lungkit.checks import check_channels, check_int, check_optional_int
+from lungkit.models.registry import MODELS
 
-MODEL_NAMES = ("vae", "denoiser", "diffusion", "latent")
+MODEL_NAMES = tuple(MODELS)  # the registry's names, in its order
 # lungkit.training's strategies and precisions (not imported: this module stays TensorFlow-free)
 # lungkit.training's strategies and precisions (not imported: this module stays TensorFlow-free)
 COMPARE_STRATEGIES = ("auto", "cpu", "mirrored", "tpu")

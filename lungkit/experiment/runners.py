@@ -269,7 +269,7 @@ def run_latent(config, train_x, train_y, out_dir, progress=True):
     return entry, {"latent": images}
 
 
-# model name -> runner, in the order of `lungkit.experiment.MODEL_NAMES`
+# registry name (lungkit.models.registry.MODELS) -> how the comparison trains and samples it
 RUNNERS = {"vae": run_vae, "denoiser": run_denoiser, "diffusion": run_diffusion,
            "latent": run_latent}
 

@@ -107,7 +107,7 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_featu
     assert variants["dpm++"]["steps"] == 4 and "w=2" in variants["ddim"]["label"]
     assert 0.0 <= saved["classifier"]["test_accuracy"] <= 1.0
     assert saved["classifier"]["members"] == 2 and saved["classifier"]["steps"] == 20
-    judge = load_model(next((run / "features").glob("ct_classifier_*.keras")))
+    judge = keras.saving.load_model(next((run / "features").glob("ct_classifier_*.keras")))
     assert [layer.name for layer in judge.layers if isinstance(layer, keras.Model)] == [
         "ct_classifier_ensemble_0", "ct_classifier_ensemble_1"]
     assert saved["real_metrics"]["tstr_accuracy"] is not None
