@@ -16,7 +16,7 @@ _EXPORTS = {
     "normalize": "lungkit.data.images",
     "CLASS_NAMES": "lungkit.data.labels",
     "fetch_dataset": "lungkit.data.fetch",
-    "mount_drive": "lungkit.data.fetch",
+    "mount_drive": "lungkit.data.sources",
     "make_phantom_dataset": "lungkit.data.phantom",
     "make_dataset": "lungkit.data.pipeline",
     "VAE": "lungkit.models.vae",

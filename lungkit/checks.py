@@ -12,6 +12,10 @@ import math
 import numpy as np
 
 IMAGE_RANGE_TOLERANCE = 1e-3  # how far outside [0, 1] a float image may stray (round-off)
+# The option values `lungkit.training` accepts, here so that TensorFlow-free callers (the CLI,
+# the experiment config) refuse a bad one before anything is loaded.
+STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _is_int(value):

@@ -6,13 +6,45 @@ calls one library function. Sections are kept apart so each sub-command can grow
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from lungkit import __version__
+from lungkit.checks import PRECISIONS, STRATEGIES
+from lungkit.data.labels import balanced_labels
 from lungkit.models.registry import MODELS, diffusion_sampler, model_class
 
 logger = logging.getLogger("lungkit")
+
+
+# --- option types: bad values are refused while parsing, before anything loads --------
+def _int_at_least(low):
+    """An argparse type: an integer >= `low` (bad values are refused before anything loads)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") \
+                from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(text):
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -31,9 +63,11 @@ def add_data_commands(subparsers):
         "Malignant) as JPG files in the IQ-OTH/NCCD folder layout; load them with "
         "`lungkit.load_data(OUT)`.")
     phantom.add_argument("--out", required=True, help="dataset folder to create, e.g. data/phantom")
-    phantom.add_argument("--per-class", type=int, default=40, help="slices per class (default 40)")
-    phantom.add_argument("--size", type=int, default=512, help="slice side in pixels (default 512)")
-    phantom.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same "
+    phantom.add_argument("--per-class", type=_int_at_least(1), default=40,
+                         help="slices per class (default 40)")
+    phantom.add_argument("--size", type=_int_at_least(32), default=512,
+                         help="slice side in pixels (default 512)")
+    phantom.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0); the same "
                          "seed gives byte-identical files")
     phantom.set_defaults(handler=_data_phantom)
 
@@ -102,25 +136,9 @@ def _data_info(args):
 
 
 # --- train / sample ---------------------------------------------------------------------------
-PHANTOM_DIR = Path("data/phantom")  # where `train` writes the phantom set without --data
-
-
-def _default_data_dir():
-    from lungkit.data.images import list_image_files
-    from lungkit.data.phantom import make_phantom_dataset
-
-    try:
-        if list_image_files(PHANTOM_DIR):
-            logger.info("No --data: using the phantom set in %s", PHANTOM_DIR)
-            return PHANTOM_DIR
-    except (FileNotFoundError, ValueError):
-        pass
-    logger.info("No --data: generating the synthetic phantom set in %s", PHANTOM_DIR)
-    return make_phantom_dataset(PHANTOM_DIR)
-
-
 def _training_data(args, data_dir):
-    """Returns `(dataset_fn(global_batch) -> tf.data.Dataset, image count)`."""
+    """Returns `dataset_fn(global_batch) -> tf.data.Dataset`, which reads the data when called
+    (after the model is built, so a bad model setting fails before any image is read)."""
     from lungkit.data.pipeline import files_and_labels, make_dataset
 
     options = dict(image_size=args.size, channels=args.channels, shuffle=True, seed=args.seed,
@@ -131,34 +149,37 @@ def _training_data(args, data_dir):
             keep = [i for i, label in enumerate(labels) if (labels[:i] == label).sum() < args.limit]
             files, labels = [files[i] for i in keep], labels[keep]
         logger.info("Data: streaming %d files from %s", len(files), data_dir)
-        return (lambda batch: make_dataset(files=files, labels=labels, batch_size=batch,
-                                           cache=args.cache, **options)), len(files)
-    from lungkit.data.images import load_data
+        return lambda batch: make_dataset(files=files, labels=labels, batch_size=batch,
+                                          cache=args.cache, **options)
 
-    images, labels = load_data(data_dir, size=args.size, limit=args.limit)
-    logger.info("Data: %d images of %d px in memory from %s", len(images), args.size, data_dir)
-    return (lambda batch: make_dataset(images, labels, batch_size=batch, **options)), len(images)
+    def in_memory(batch):
+        from lungkit.data.images import load_data
+
+        images, labels = load_data(data_dir, size=args.size, limit=args.limit)
+        logger.info("Data: %d images of %d px in memory from %s", len(images), args.size,
+                    data_dir)
+        return make_dataset(images, labels, batch_size=batch, **options)
+
+    return in_memory
 
 
 def _train(args):
     import keras
 
     from lungkit import training, viz
+    from lungkit.data.sources import resolve_data_dir
 
     keras.utils.set_random_seed(args.seed)
     cls = model_class(args.model)
     kwargs = {"image_size": args.size, "channels": args.channels, **parse_assignments(args.set)}
     kwargs.setdefault("seed", args.seed)  # every registered model takes one
-    dataset, count = _training_data(args, args.data or _default_data_dir())
+    dataset = _training_data(args, resolve_data_dir(args.data))
     out = Path(args.out or f"runs/{args.model}")
     model, history = training.train(
         lambda: cls(**kwargs), dataset, epochs=args.epochs, out_dir=out,
         strategy=args.strategy, precision=args.precision, jit=args.jit,
         learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
-        images_per_epoch=count, save_every=args.save_every)
-    if getattr(model, "num_classes", None) and hasattr(model, "fit_class_prior"):
-        model.fit_class_prior(dataset(args.batch_size))  # a conditional VAE's ex-post prior
-    model.save(out / f"{args.model}.keras")
+        save_every=args.save_every, retrain=args.retrain)
     viz.plot_history(dict(history), keys=list(model.loss_names),
                      path=out / "curves.png", title=f"lungkit train {args.model}")
     if args.samples:
@@ -166,8 +187,7 @@ def _train(args):
         if diffusion_sampler(args.model):
             options["steps"] = min(args.sample_steps, model.timesteps)
         if getattr(model, "num_classes", None):  # conditional: the classes in turn, in order
-            options["label"] = [i * model.num_classes // args.samples
-                                for i in range(args.samples)]
+            options["label"] = balanced_labels(args.samples, model.num_classes)
         viz.save_grid(model.generate(args.samples, **options), out / "samples.png")
     last = {k: history[k][-1] for k in model.loss_names if history.get(k)}
     print(f"Model: {out / f'{args.model}.keras'} ({len(history.get('epoch', []))} epochs; "
@@ -209,40 +229,49 @@ def add_train_commands(subparsers):
     train = subparsers.add_parser(
         "train", help="train one model (resumable: run the same command again after a crash)",
         description="Train a model on a dataset folder (IQ-OTH/NCCD layout; default: the "
-        "phantom set in data/phantom). Writes OUT/MODEL.keras (last) and MODEL.best.keras, "
+        "phantom set in data/). Writes OUT/MODEL.keras (last) and MODEL.best.keras, "
         "history.csv, curves.png and samples.png. A killed run started again with the same "
-        "--out resumes at its last finished epoch.")
+        "--out resumes at its last finished epoch; a finished one is loaded, not trained "
+        "again (more --epochs continue it; --retrain starts over).")
     train.add_argument("model", metavar="MODEL", choices=tuple(MODELS),
                        help="; ".join(f"{s.name}: {s.summary}" for s in MODELS.values()))
     train.add_argument("--data", default=None, help="dataset folder (default: phantom set)")
-    train.add_argument("--size", type=int, default=128, help="image side in pixels (128)")
+    train.add_argument("--size", type=_int_at_least(8), default=128,
+                       help="image side in pixels (128)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=3,
                        help="3 (RGB, the paper) or 1 (grayscale, a third of the data and memory)")
-    train.add_argument("--epochs", type=int, default=10, help="total epochs (10)")
-    train.add_argument("--batch-size", type=int, default=32,
+    train.add_argument("--epochs", type=_int_at_least(1), default=10,
+                       help="total epochs (10); more than a finished run's continue it")
+    train.add_argument("--batch-size", type=_int_at_least(1), default=32,
                        help="per replica; the global batch is this x replicas (32)")
-    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's (1e-3)")
+    train.add_argument("--learning-rate", type=_positive_float, default=1e-3,
+                       help="Adam's (1e-3)")
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    train.add_argument("--strategy", default="auto",
+    train.add_argument("--strategy", default="auto", choices=STRATEGIES,
                        help="auto|cpu|mirrored|multiworker|tpu (multiworker reads TF_CONFIG)")
-    train.add_argument("--precision", default="float32",
+    train.add_argument("--precision", default="float32", choices=PRECISIONS,
                        help="float32|mixed_float16 (GPU)|mixed_bfloat16 (TPU, recent CPUs)")
     train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
-    train.add_argument("--save-every", type=int, default=1,
+    train.add_argument("--save-every", type=_int_at_least(1), default=1,
                        help="checkpoint and back up every N epochs (1); a crash repeats < N")
     train.add_argument("--stream", action="store_true",
                        help="decode files with tf.data each epoch instead of loading to memory")
     train.add_argument("--cache", default=None,
                        help="with --stream: 'memory' or a path prefix for a decoded cache")
-    train.add_argument("--limit", type=int, default=None, help="at most N images per class")
+    train.add_argument("--limit", type=_int_at_least(1), default=None,
+                       help="at most N images per class")
     train.add_argument("--seed", type=int, default=0, help="seed of weights, noise, shuffle")
-    train.add_argument("--samples", type=int, default=16,
+    train.add_argument("--samples", type=_int_at_least(0), default=16,
                        help="images in samples.png after training (0: none)")
-    train.add_argument("--sample-steps", type=int, default=25,
+    train.add_argument("--sample-steps", type=_int_at_least(1), default=25,
                        help="sampling steps for samples.png (diffusion; 25)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="model constructor argument, e.g. --set latent_dim=64 "
                        "--set widths=16,32 (repeatable)")
+    train.add_argument("--retrain", action="store_true",
+                       help="start over even if --out holds a finished run (it is moved to "
+                       "OUT/replaced-<time>/); without it a finished run with the same "
+                       "settings is loaded, not trained again")
     train.set_defaults(handler=_train)
 
     sample = subparsers.add_parser(
@@ -251,10 +280,11 @@ def add_train_commands(subparsers):
     sample.add_argument("model", metavar="MODEL", choices=tuple(MODELS),
                         help=", ".join(MODELS))
     sample.add_argument("--model", dest="model_path", required=True, help="a saved .keras model")
-    sample.add_argument("-n", type=int, default=16, help="number of images (16)")
+    sample.add_argument("-n", type=_int_at_least(1), default=16, help="number of images (16)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png", help="PNG path (samples.png)")
-    sample.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion)")
+    sample.add_argument("--steps", type=_int_at_least(1), default=None,
+                        help="sampling steps (diffusion)")
     sample.add_argument("--sampler", default=None, help="ddim|ddpm|dpm++ (diffusion)")
     sample.add_argument("--label", default=None,
                         help="class to generate: normal|benign|malignant or 0|1|2 (a model "
@@ -316,17 +346,18 @@ def _run_compare(args, preset, data_dir, out):
 def _add_experiment_options(parser):
     parser.add_argument("--models", default=None,
                         help="comma-separated subset of vae,denoiser,diffusion,latent")
-    parser.add_argument("--size", dest="image_size", type=int, default=None,
+    parser.add_argument("--size", dest="image_size", type=_int_at_least(8), default=None,
                         help="image size in pixels (default: the preset's)")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
                         help="1 (grayscale: a third of the data and memory) or 3 (RGB, as the paper)")
-    parser.add_argument("-n", "--n-generate", dest="n_generate", type=int, default=None,
+    parser.add_argument("-n", "--n-generate", dest="n_generate", type=_int_at_least(2), default=None,
                         help="samples per model for the metrics")
-    parser.add_argument("--limit", type=int, default=None, help="at most N images per class")
+    parser.add_argument("--limit", type=_int_at_least(1), default=None, help="at most N images per class")
     parser.add_argument("--strategy", default=None,
+                        choices=tuple(s for s in STRATEGIES if s != "multiworker"),
                         help="auto|cpu|mirrored|tpu: the tf.distribute strategy every model "
                         "is built and trained under")
-    parser.add_argument("--precision", default=None,
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="float32|mixed_float16|mixed_bfloat16: every model's dtype policy")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any config field, e.g. --set vae.epochs=50 "
@@ -363,8 +394,8 @@ def add_experiment_commands(subparsers):
         "evaluate", help="metrics of a saved model's samples against real images")
     evaluate.add_argument("--model", required=True, help="a saved .keras model")
     evaluate.add_argument("--data", required=True, help="real images (IQ-OTH/NCCD layout)")
-    evaluate.add_argument("-n", type=int, default=64, help="samples to generate (default 64)")
-    evaluate.add_argument("--steps", type=int, default=50, help="sampling steps (diffusion)")
+    evaluate.add_argument("-n", type=_int_at_least(2), default=64, help="samples to generate (default 64)")
+    evaluate.add_argument("--steps", type=_int_at_least(1), default=50, help="sampling steps (diffusion)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--features", default="auto", help="auto|inception|domain")
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
@@ -428,7 +459,10 @@ def main(argv=None):
         return 2
     try:
         return args.handler(args) or 0
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, what is saved (no traceback)
+        logger.error("%s", str(interrupt) or "Interrupted.")
+        return 130
+    except (ValueError, FileNotFoundError, TypeError, OSError) as error:
         logger.error("%s", error)
         return 1
 

@@ -29,9 +29,8 @@ def _train_args(model, data, out, *extra):
 
 def test_train_vae_writes_model_history_curves_and_samples(phantom_dir, tmp_path, capsys):
     assert cli.main(_train_args("vae", phantom_dir, tmp_path)) == 0
-    assert {"vae.keras", "vae.best.keras", "history.csv", "curves.png", "samples.png"} <= {
-        p.name for p in tmp_path.iterdir()}
-    assert not (tmp_path / "backup").exists()
+    assert {"vae.keras", "vae.best.keras", "vae.run.json", "history.csv", "curves.png",
+            "samples.png", "backup"} <= {p.name for p in tmp_path.iterdir()}
     history = read_history(tmp_path / "history.csv")
     assert history["epoch"] == [0, 1]
     assert set(history) == {"epoch", "epoch_seconds", "images_per_second", "loss",
@@ -63,31 +62,44 @@ def test_train_other_models_streaming(model, precision, phantom_dir, tmp_path):
 
 def test_train_without_data_uses_or_makes_the_phantom_set(phantom_dir, tmp_path, monkeypatch,
                                                           caplog):
-    import lungkit.data.phantom as phantom
+    import lungkit.data.sources as sources
 
-    made, original = [], phantom.make_phantom_dataset
-
-    def small_phantom(root, **kwargs):  # the real generator, at a size a test can afford
-        made.append(root)
-        return original(root, per_class=3, size=32, progress=False)
-
-    monkeypatch.setattr(phantom, "make_phantom_dataset", small_phantom)
-    monkeypatch.setattr(cli, "PHANTOM_DIR", tmp_path / "phantom")
+    monkeypatch.setattr(sources, "PHANTOM_SIZE", 32)  # the real generator, at a test's size
+    monkeypatch.setattr(sources, "PHANTOM_PER_CLASS", 3)
+    monkeypatch.chdir(tmp_path)  # the default root, data/, is relative
     caplog.set_level("INFO", logger="lungkit")
     args = _train_args("vae", None, tmp_path / "run", "--epochs", "1", "--samples", "0")
     assert cli.main(args) == 0
-    assert made == [tmp_path / "phantom"] and "generating the synthetic phantom" in caplog.text
+    folder = tmp_path / "data" / "phantom-3x32px-seed0"
+    assert "using the synthetic phantom set" in caplog.text and "Writing 3 phantom" in caplog.text
+    assert len(list(folder.rglob("*.jpg"))) == 9
+    caplog.clear()
     assert cli.main(args) == 0  # second time: found, not regenerated
-    assert made == [tmp_path / "phantom"] and "using the phantom set" in caplog.text
+    assert "Phantom set already in" in caplog.text and "Writing" not in caplog.text
 
 
-def test_train_rejects_bad_options(phantom_dir, tmp_path, capsys):
+@pytest.mark.parametrize("extra, message", [
+    (("--precision", "float61"), "argument --precision: invalid choice: 'float61'"),
+    (("--epochs", "-1"), "argument --epochs: expected an integer >= 1, got -1"),
+    (("--learning-rate", "0"), "argument --learning-rate: expected a finite number > 0, got 0"),
+    (("--batch-size", "x"), "argument --batch-size: expected an integer >= 1, got 'x'"),
+    (("--strategy", "gpu"), "argument --strategy: invalid choice: 'gpu'"),
+])
+def test_train_refuses_bad_options_before_anything_loads(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(_train_args("vae", tmp_path / "no-data", tmp_path / "out", *extra))
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_rejects_bad_models_and_settings(phantom_dir, tmp_path, capsys, caplog):
     with pytest.raises(SystemExit):
         cli.main(["train", "gan", "--data", str(phantom_dir)])
     assert "invalid choice: 'gan'" in capsys.readouterr().err
-    bad = _train_args("vae", phantom_dir, tmp_path, "--precision", "fp8")
-    assert cli.main(bad) == 1
     assert cli.main(_train_args("vae", phantom_dir, tmp_path, "--set", "latent_dim")) == 1
+    assert cli.main(_train_args("vae", phantom_dir, tmp_path, "--set", "beta=-1")) == 1
+    assert "`beta` must be a finite number in [0, inf)" in caplog.text
+    assert not (tmp_path / "history.csv").exists()  # refused before training started
     assert cli.main(["sample", "vae", "--model", str(tmp_path / "missing.keras")]) == 1
 
 

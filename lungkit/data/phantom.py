@@ -34,6 +34,7 @@ from lungkit.checks import check_int
 from lungkit.data import _phantom_anatomy as anatomy
 from lungkit.data._phantom_canvas import Canvas
 from lungkit.data.labels import CLASS_NAMES, DATASET_FOLDER, DATASET_SPELLING
+from lungkit.files import atomic_path, is_empty_folder, marker_path, read_marker, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 # kind -> (class folder, file stem), in the dataset's own spelling ("Bengin", sic)
 CLASS_LAYOUT = {name.lower(): DATASET_SPELLING[label] for label, name in enumerate(CLASS_NAMES)}
 KINDS = tuple(CLASS_LAYOUT)
+PHANTOM_VERSION = 1  # in the folder marker: raise it when the drawing changes
 MIN_SIZE = 32  # below this the anatomy is no longer recognisable
 RENDER_MIN_SIZE = 256  # smaller slices are drawn at this size, then downsampled (antialiasing)
 FIELD_OF_VIEW_MM = 360.0  # typical adult chest display field of view
@@ -169,8 +171,11 @@ def make_phantom_dataset(root, per_class=40, size=512, seed=0, progress=True):
     likewise "Bengin cases"/"Bengin case (i).jpg" (the dataset's own spelling) and
     "Malignant cases"/"Malignant case (i).jpg", for i = 1..per_class: grayscale JPEGs of
     `size` x `size` pixels. The same `seed` gives byte-identical files, and slice i of a class
-    is the same whatever `per_class` is. Generated files numbered above `per_class` left by an
-    earlier, larger run are removed, so the folder holds exactly this dataset's slices.
+    is the same whatever `per_class` is. `root` carries a marker (`lungkit.files`) naming the
+    settings: called again with the same settings it returns at once; with others it rewrites
+    the slices and removes generated files numbered above `per_class`, so the folder holds
+    exactly this dataset's slices. A non-empty `root` without the marker (a real dataset, say)
+    is refused and left untouched.
 
     Args:
         root: directory to write into (created if missing).
@@ -182,17 +187,27 @@ def make_phantom_dataset(root, per_class=40, size=512, seed=0, progress=True):
     Returns:
         Path of the dataset folder, `root/"The IQ-OTHNCCD lung cancer dataset"` (the folder
         that holds the class folders; `load_data` accepts it or `root`).
+
+    Raises:
+        ValueError: bad arguments, or `root` holds files lungkit did not write.
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"`root` must be a str or os.PathLike. Received: {type(root).__name__}")
-    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-        raise ValueError(f"`per_class` must be an integer >= 1. Received: per_class={per_class!r}")
-    _check_size(size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
+    settings = {"per_class": check_int("per_class", per_class), "size": _check_size(size),
+                "seed": check_int("seed", seed, low=0), "version": PHANTOM_VERSION}
     from tqdm.auto import tqdm
 
-    dataset_dir = Path(root) / DATASET_FOLDER
+    root = Path(root)
+    dataset_dir = root / DATASET_FOLDER
+    marker = read_marker(root, "phantom")
+    if marker == {**settings, "complete": True} and dataset_dir.is_dir():
+        logger.info("Phantom set already in %s (%s)", dataset_dir, settings)
+        return dataset_dir
+    if marker is None and not is_empty_folder(root):
+        raise ValueError(f"`root` {str(root)!r} already holds files that lungkit did not write "
+                         f"(no {marker_path(root, 'phantom').name} marker), e.g. a real dataset; "
+                         f"nothing was changed. Choose an empty or new folder for the phantom set.")
+    write_marker(root, "phantom", {**settings, "complete": False})  # ours from now on
     logger.info("Writing %d phantom slices per class (%d px, seed %d) to %s",
                 per_class, size, seed, dataset_dir)
     bar = tqdm(total=per_class * len(KINDS), desc="phantom slices", unit="slice",
@@ -204,18 +219,21 @@ def make_phantom_dataset(root, per_class=40, size=512, seed=0, progress=True):
         for index in range(1, per_class + 1):
             pixels = make_phantom_slice(slice_rng(seed, kind, index), size=size, kind=kind)
             path = class_dir / f"{stem} ({index}).jpg"
-            partial = path.with_name(path.name + ".part")
-            Image.fromarray(pixels).save(partial, format="JPEG", quality=JPEG_QUALITY)
-            os.replace(partial, path)  # an interrupted run never leaves a half-written JPEG
+            with atomic_path(path) as partial:  # a kill never leaves a half-written JPEG
+                Image.fromarray(pixels).save(partial, format="JPEG", quality=JPEG_QUALITY)
             bar.update()
     bar.close()
+    write_marker(root, "phantom", {**settings, "complete": True})
     return dataset_dir
 
 
 def _remove_stale(class_dir, stem, per_class):
-    pattern = re.compile(re.escape(stem) + r" \((\d+)\)\.jpg(\.part)?")
+    """Removes slices numbered above `per_class` and the temporary files of a killed run
+    (called only in a folder with lungkit's phantom marker, or an empty one)."""
+    pattern = re.compile(re.escape(stem) + r" \((\d+)\)\.jpg")
+    partial = re.compile(r"\." + re.escape(stem) + r" \(\d+\)\.jpg\..*\.part\.jpg")
     for path in class_dir.iterdir():
         match = pattern.fullmatch(path.name)
-        if match and (match.group(2) or int(match.group(1)) > per_class):
+        if partial.fullmatch(path.name) or (match and int(match.group(1)) > per_class):
             logger.info("Removing %s left by an earlier phantom run", path)
             path.unlink()

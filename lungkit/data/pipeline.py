@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from lungkit.checks import check_int
 from lungkit.data.images import list_image_files, load_image
+from lungkit.files import data_hash, files_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,10 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
 
     Returns:
         `tf.data.Dataset` of float32 `(B, image_size, image_size, channels)` in [0, 1]
-        (and int32 `(B,)`). With `shuffle`, it has the attribute `epoch_variable`.
+        (and int32 `(B,)`). With `shuffle`, it has the attribute `epoch_variable`; always
+        `fingerprint`, a hash of the data (array bytes, or file names, sizes and times) and
+        of the options above, by which `lungkit.training.fit` recognises a finished run,
+        and `image_count`, the images per pass (for the timing of an epoch).
     """
     check_int("batch_size", batch_size, 1)
     check_int("image_size", image_size, 1)
@@ -296,6 +300,9 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
     else:
         images = _check_arrays(images)
     count = len(files) if files is not None else len(images)
+    # what, besides the data, decides the batches: part of `dataset.fingerprint`
+    options = (batch_size, image_size, channels, shuffle, seed, repeat, drop_remainder,
+               with_labels, cache is not None)
     if with_labels:
         if labels is None:
             raise ValueError("`with_labels=True` needs `labels` (or (path, label) tuples in "
@@ -328,7 +335,11 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
                    if drop_remainder else -(-count // batch_size))
         # flat_map hides the length; Keras uses it for progress bars and epoch ends
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
-        return _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
+        dataset = _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
+        dataset.fingerprint = data_hash(images, np.asarray(labels if with_labels else []),
+                                        np.frombuffer(repr(options).encode(), "uint8"))
+        dataset.image_count = count
+        return dataset
 
     native = all(Path(f).suffix.lower() in TF_DECODABLE for f in files)
     decode_file = _decode_file_tf if native else _decode_file_numpy
@@ -360,7 +371,12 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
+    dataset = _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
+    dataset.fingerprint = data_hash(np.frombuffer(files_fingerprint(files).encode(), "uint8"),
+                                    np.asarray(labels if with_labels else []),
+                                    np.frombuffer(repr(options).encode(), "uint8"))
+    dataset.image_count = count  # files that fail to decode are dropped from the batches
+    return dataset
 
 
 def _with_epoch(dataset, epoch, step):

@@ -16,11 +16,11 @@ from tqdm.auto import tqdm
 from lungkit.checks import check_images, check_int, check_optional_int
 from lungkit.data.labels import NUM_CLASSES, check_labels
 from lungkit.evaluation.common import (
-    data_hash,
     load_or_build,
     predict_batches,
     resize_images,
 )
+from lungkit.files import data_hash
 
 logger = logging.getLogger(__name__)
 

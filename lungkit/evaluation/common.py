@@ -5,11 +5,11 @@
 - `FeatureExtractor`: the interface of FID/KID features (`name`, `__call__(images)` ->
   `(N, D)`), implemented by `lungkit.evaluation.features.InceptionFeatures` and
   `lungkit.evaluation.domain_encoder.DomainEncoder`.
-- `predict_batches`, `load_or_build`, `default_cache_dir`, `data_hash`: running a Keras
-  model in eager batches, and caching trained evaluation networks by a hash of their data.
+- `predict_batches`, `load_or_build`, `default_cache_dir`: running a Keras model in eager
+  batches, and caching trained evaluation networks by a hash of their data
+  (`lungkit.files.data_hash`).
 """
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -36,16 +36,6 @@ def resize_images(images, size, channels):
             keras.ops.image.resize(images, (size, size), interpolation="bilinear", antialias=True)
         )
     return images.astype("float32")
-
-
-def data_hash(*arrays):
-    """A short, stable sha1 of arrays' shapes, dtypes and bytes (the cache key of real data)."""
-    digest = hashlib.sha1()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.shape}{array.dtype}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
 
 
 class FeatureExtractor:

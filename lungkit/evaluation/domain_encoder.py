@@ -29,12 +29,12 @@ from lungkit.evaluation.classifier import (
 )
 from lungkit.evaluation.common import (
     FeatureExtractor,
-    data_hash,
     default_cache_dir,
     load_or_build,
     predict_batches,
     resize_images,
 )
+from lungkit.files import data_hash
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ import tensorflow as tf
 from lungkit.checks import check_images
 from lungkit.data.labels import CLASS_NAMES, NUM_CLASSES
 from lungkit.evaluation.classifier import predict_labels, train_classifier
-from lungkit.evaluation.common import data_hash, resize_images
+from lungkit.evaluation.common import resize_images
+from lungkit.files import data_hash
 
 logger = logging.getLogger(__name__)
 

@@ -47,18 +47,11 @@ def split_indices(labels, test_fraction, seed=0):
 def load_split(config, out_dir):
     """Loads the configured dataset and returns `(train_x, train_y, test_x, test_y, info)`."""
     from lungkit.data.images import load_data, normalize, to_channels
+    from lungkit.data.sources import resolve_data_dir
 
-    data_dir = config.data_dir
-    source = "user data"
-    if data_dir is None:
-        from lungkit.data.phantom import make_phantom_dataset
-
-        source = "phantom"
-        root = Path(out_dir) / "phantom"
-        data_dir = make_phantom_dataset(
-            root, per_class=config.phantom_per_class, size=max(128, config.image_size),
-            seed=config.seed,
-        )
+    source = "user data" if config.data_dir else "phantom"
+    data_dir = resolve_data_dir(config.data_dir, root=Path(out_dir) / "data",
+                                phantom_per_class=config.phantom_per_class, seed=config.seed)
     images, labels = load_data(data_dir, size=config.image_size, limit=config.limit)
     images = to_channels(normalize(images), config.channels)
     train_idx, test_idx = split_indices(labels, config.test_fraction, config.seed)

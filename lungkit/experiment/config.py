@@ -10,14 +10,18 @@ with fields changed (`"vae.epochs": 5` reaches inside a section). TensorFlow-fre
 
 import dataclasses
 
-from lungkit.checks import check_channels, check_int, check_optional_int
+from lungkit.checks import (
+    PRECISIONS,
+    STRATEGIES,
+    check_channels,
+    check_int,
+    check_optional_int,
+)
 from lungkit.models.registry import MODELS
 
 MODEL_NAMES = tuple(MODELS)  # the registry's names, in its order
-# lungkit.training's strategies and precisions (not imported: this module stays TensorFlow-free)
-# lungkit.training's strategies and precisions (not imported: this module stays TensorFlow-free)
-COMPARE_STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# compare runs on one machine: every strategy but multi-worker
+COMPARE_STRATEGIES = tuple(s for s in STRATEGIES if s != "multiworker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +92,7 @@ class LatentConfig:
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "compare"
-    data_dir: str | None = None  # None: the built-in phantom set (generated under runs/)
+    data_dir: str | None = None  # None: the built-in phantom set (written to <out_dir>/data)
     image_size: int = 128  # the paper's size
     channels: int = 3  # the paper loads RGB; 1 holds a third of the data and loses nothing on CT
     test_fraction: float = 0.2  # held out for FID/KID; split by file, not by patient

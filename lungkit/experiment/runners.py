@@ -8,7 +8,6 @@ generates `config.n_generate` samples per sampling variant, timed by `timed_gene
 the functions, so importing this module (and `lungkit.experiment`) stays light.
 """
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -59,56 +58,13 @@ def timed_generate(generate, n, **kwargs):
     return images, n / max(elapsed, 1e-9)
 
 
-# Config fields that only change sampling: editing them does not retrain a finished model.
-SAMPLING_FIELDS = ("sampling_steps", "dpm_steps", "guidance", "ddpm_timing_images")
-DONE_SUFFIX = ".done.json"  # `<name>.done.json`: the fingerprint of a finished training
-
-
-def training_fingerprint(model, config_section, train_x, train_y, config, epochs):
-    """What a finished training depends on: the model class, its config section (sampling
-    fields aside), epochs, image size, channels, precision, conditioning, seed and the
-    training data."""
-    import dataclasses
-
-    from lungkit.evaluation.common import data_hash
-
-    section = {k: v for k, v in dataclasses.asdict(config_section).items()
-               if k not in SAMPLING_FIELDS}
-    return json.loads(json.dumps({
-        "model": type(model).__name__, "section": section, "epochs": epochs,
-        "image_size": config.image_size, "channels": config.channels,
-        "precision": config.precision, "conditional": config.conditional, "seed": config.seed,
-        "data": data_hash(np.asarray(train_x), np.asarray(train_y)),
-    }))
-
-
-def _reuse(model, dataset, out_dir, name, fingerprint):
-    """Loads the weights of a training that finished with `fingerprint`; its history or None.
-
-    A `compare` killed after some models finished then skips them when run again into the
-    same folder (the model in progress resumes from its backup, `lungkit.training.fit`).
-    """
-    from lungkit.training import ensure_built
-    from lungkit.training.callbacks import HISTORY_FILE, read_history
-
-    marker, path = out_dir / f"{name}{DONE_SUFFIX}", out_dir / f"{name}.keras"
-    if not (marker.exists() and path.exists()):
-        return None
-    if json.loads(marker.read_text()) != fingerprint:
-        logger.info("Retraining %s: %s was written for another config or data", name, marker)
-        return None
-    ensure_built(model, model.distribute_strategy, dataset)  # a subclassed U-Net builds late
-    model.load_weights(path)
-    logger.info("Reusing %s, trained to %d epochs (%s)", path, fingerprint["epochs"], marker.name)
-    return read_history(out_dir / HISTORY_FILE)
-
-
 def _train(model, config_section, train_x, train_y, out_dir, config, name, epochs=None):
     """Compiles `model` with Adam, fits it with lungkit's callbacks, returns the entry dict.
 
     Trains `epochs` epochs, default `config_section.epochs`. A training that finished in
-    `out_dir` with the same fingerprint (`training_fingerprint`) is loaded, not repeated;
-    its epoch timings come from its `history.csv`.
+    `out_dir` with the same settings and data is loaded, not repeated (its epoch timings come
+    from its `history.csv`); one with other settings is moved aside and trained again
+    (`lungkit.training.fit`, `retrain="if_changed"`).
     """
     import keras
 
@@ -118,22 +74,18 @@ def _train(model, config_section, train_x, train_y, out_dir, config, name, epoch
     out_dir = Path(out_dir)
     model.compile(optimizer=keras.optimizers.Adam(config_section.learning_rate))
     epochs = config_section.epochs if epochs is None else epochs
-    fingerprint = training_fingerprint(model, config_section, train_x, train_y, config, epochs)
     dataset = make_dataset(
         train_x, train_y, batch_size=config_section.batch_size, image_size=config.image_size,
         channels=config.channels, shuffle=True, seed=config.seed,
         with_labels=getattr(model, "num_classes", None) is not None,
     )
-    history = _reuse(model, dataset, out_dir, name, fingerprint)
-    if history is None:
-        (out_dir / f"{name}{DONE_SUFFIX}").unlink(missing_ok=True)  # stale once training starts
-        history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name)
-        (out_dir / f"{name}{DONE_SUFFIX}").write_text(json.dumps(fingerprint, indent=1))
+    history = training.fit(model, dataset, epochs=epochs, out_dir=out_dir, name=name,
+                           retrain="if_changed")
     seconds = list(history.get("epoch_seconds", []))
     steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch includes tracing
     return {
         "parameters": int(model.count_params()),
-        "epochs": epochs,
+        "epochs": len(history.get("epoch", [])),
         "seconds_per_epoch": float(np.mean(steady)) if steady else float("nan"),
         "first_epoch_seconds": float(seconds[0]) if seconds else float("nan"),
         "train_images_per_second": float(np.mean(history.get("images_per_second", [np.nan])[1:]
@@ -153,10 +105,7 @@ def run_vae(config, train_x, train_y, out_dir, progress=True):
     conditional = _class_arguments(config, c)
     model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
                 widths=c.widths, beta=c.beta, seed=seed, **conditional)
-    entry = _train(model, c, train_x, train_y, out_dir, config, "vae")
-    if config.conditional and not model.has_fitted_prior:  # the ex-post class prior, saved
-        model.fit_class_prior(train_x, train_y)
-        model.save(out_dir / "vae.keras")
+    entry = _train(model, c, train_x, train_y, out_dir, config, "vae")  # fits the class prior
     labels = {"label": balanced_labels(n)} if config.conditional else {}
     images, speed = timed_generate(model.generate, n, seed=seed, **labels)
     label = "Conditional VAE (fitted class prior)" if labels else "VAE"

@@ -1,11 +1,16 @@
-"""The training step every lungkit model shares.
+"""The training step every lungkit model shares, and the hooks `lungkit.training` calls.
 
 A model subclasses `GenerativeModel`, names its losses in `loss_names` (the total first) and
 writes its loss maths once in `compute_losses`. This module owns what is the same for all of
 them: gradient tape, loss scaling for mixed precision (Keras 3 `optimizer.scale_loss`), the
 division of the loss by the number of replicas under `tf.distribute`, per-epoch metric
-trackers, and a hook (`after_train_step`) for work such as an EMA update.
+trackers, a hook (`after_train_step`) for work such as an EMA update, and the hooks by
+which a model tells the trainer about stages before its own training (`pending_stages`) and
+work after it (`after_training`). Models never read the trainer's files: the trainer decides.
 """
+
+import dataclasses
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -24,11 +29,48 @@ def unpack_batch(data):
     return data, None
 
 
+@dataclasses.dataclass
+class TrainingStage:
+    """A model trained before its owner's own training (e.g. a latent model's autoencoder).
+
+    Attributes:
+        name: the stage's name (its run folder inside the owner's).
+        model: the Keras model the stage trains (the trainer compiles it).
+        epochs: its epochs, or None for as many as the owner's.
+        start: called before the stage trains (e.g. make the sub-model trainable).
+        finish: called with the training dataset once it has trained (e.g. freeze it and
+            measure statistics), or with None when its training failed.
+    """
+
+    name: str
+    model: keras.Model
+    epochs: int | None
+    start: Callable[[], None]
+    finish: Callable[[object], None]
+
+
 class GenerativeModel(keras.Model):
     """Base class: a `keras.Model` trained by a loss it computes itself.
 
     Subclasses set `loss_names` (a tuple, the total loss first) and implement
-    `compute_losses(images, labels=None, training=False)` returning one scalar per name.
+    `compute_losses(images, labels=None, training=False)` returning one scalar per name:
+
+    ```python
+    @keras.saving.register_keras_serializable(package="my_models")
+    class Denoiser(GenerativeModel):
+        loss_names = ("loss",)
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.net = keras.layers.Conv2D(1, 3, padding="same")
+
+        def compute_losses(self, images, labels=None, training=False):
+            noisy = images + 0.1 * keras.random.normal(keras.ops.shape(images))
+            return (keras.ops.mean((self.net(noisy) - images) ** 2),)
+    ```
+
+    `compile(optimizer=...)`, then `lungkit.training.fit(model, dataset, epochs, out_dir)`
+    (or plain `model.fit`) trains it; `record` logs every loss name per epoch.
     """
 
     loss_names = ("loss",)
@@ -47,6 +89,25 @@ class GenerativeModel(keras.Model):
 
     def after_train_step(self):
         """Called after each optimizer update (EMA updates live here)."""
+
+    def pending_stages(self):
+        """`TrainingStage`s to train before this model's own training, in order.
+
+        `lungkit.training.fit` trains them when it starts a fresh run; none by default.
+        """
+        return []
+
+    def restore_stages(self):
+        """Called when training resumes or loads a run that passed its stages (their
+        results are in the restored weights)."""
+
+    def after_training(self, dataset):
+        """Work once training has ended (e.g. fitting an ex-post prior on `dataset`).
+
+        Returns:
+            True when the model changed and must be saved again; False by default.
+        """
+        return False
 
     def gradient_step(self, images, labels=None, loss_divisor=None):
         """One optimizer update; returns the unscaled losses.

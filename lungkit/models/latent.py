@@ -17,16 +17,16 @@ Two ways to train:
 
 1. Experiment style: train a `LatentAutoencoder`, call its `compute_scale_factor(images)`,
    then `LatentDiffusion(autoencoder, ...)`; `fit` trains the diffusion only.
-2. One call (`lungkit train latent`): `LatentDiffusion(image_size=..., autoencoder_epochs=N)`
-   builds an untrained autoencoder; the first `fit` trains it for N epochs (default: as many
-   as the diffusion), measures its scale factor, then trains the diffusion. A run resumed from
-   a `BackupAndRestore` backup skips the first stage (the backup holds the autoencoder); a
-   run killed during the first stage repeats it. `lungkit.training.distributed_fit` (the
-   multi-worker loop) does not call `fit`: there, pass a trained autoencoder.
+2. In stages (`lungkit train latent`): `LatentDiffusion(image_size=..., autoencoder_epochs=N)`
+   builds an untrained autoencoder and declares it as a pending stage (`pending_stages`):
+   `lungkit.training.fit` trains it for N epochs (default: as many as the diffusion) as a run
+   of its own (resumable, reused when finished), this model measures its scale factor, then
+   the diffusion trains. Without lungkit's trainer, call `fit_autoencoder(x)` before `fit`.
+   `lungkit.training.distributed_fit` (the multi-worker loop) runs no stages: there, pass a
+   trained autoencoder.
 """
 
 import logging
-from pathlib import Path
 
 import keras
 from keras import ops
@@ -36,14 +36,12 @@ from lungkit.models.autoencoder import (  # noqa: F401  (LatentAutoencoder re-ex
     DEFAULT_LATENT_CHANNELS,
     LatentAutoencoder,
 )
-from lungkit.models.base import GenerativeModel
+from lungkit.models.base import GenerativeModel, TrainingStage
 from lungkit.models.diffusion import DiffusionModel
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LATENT_WIDTHS = (64, 128, 256)  # the latent U-Net: 16x16 -> 8x8 -> 4x4 at 128 px
-# Where keras.callbacks.BackupAndRestore writes its epoch counter (a resumable run).
-BACKUP_METADATA = "training_metadata.json"
 
 
 @keras.saving.register_keras_serializable(package="lungkit")
@@ -147,51 +145,70 @@ class LatentDiffusion(GenerativeModel):
         Returns:
             `(loss,)`, a float32 scalar.
         """
+        if training and not self.autoencoder.calibrated:
+            raise ValueError("The autoencoder is not trained and calibrated: call "
+                             "`fit_autoencoder(x)` first, or train with lungkit.training.fit, "
+                             "which runs that stage itself.")
         latents = ops.stop_gradient(self.autoencoder.to_latents(images, sample=True))
         return (self.diffusion.denoising_loss(latents, labels, training),)
 
     def after_train_step(self):
         self.diffusion.after_train_step()  # the EMA update
 
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            **kwargs):
-        """`keras.Model.fit` for the diffusion, after training the autoencoder if needed.
+    def pending_stages(self):
+        """The autoencoder, while it is not calibrated: `lungkit.training.fit` trains it first."""
+        if self.autoencoder.calibrated:
+            return []
+        return [TrainingStage("autoencoder", self.autoencoder, self.autoencoder_epochs,
+                              start=self._unfreeze_autoencoder, finish=self._finish_autoencoder)]
 
-        When the autoencoder is not calibrated and no backup of an interrupted run is found
-        among `callbacks`, it is first trained on `x` for `autoencoder_epochs` (default
-        `epochs`) with a fresh copy of the compiled optimizer, then its `scale_factor` is measured
-        on `x`. Its losses per epoch go to `autoencoder_history`.
-        """
-        if not self.autoencoder.calibrated and not _resuming(callbacks):
-            self._fit_autoencoder(x, y, batch_size, epochs, verbose, kwargs.get("shuffle", True),
-                                  kwargs.get("steps_per_epoch"))
-        history = super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
-                              callbacks=callbacks, **kwargs)
-        # Trained here, or restored with its scale factor from the backup.
+    def restore_stages(self):
+        """A restored backup or finished run holds the trained, calibrated autoencoder."""
         self.autoencoder.calibrated = True
-        return history
 
-    def _fit_autoencoder(self, x, y, batch_size, epochs, verbose, shuffle, steps_per_epoch):
-        autoencoder = self.autoencoder
-        ae_epochs = epochs if self.autoencoder_epochs is None else self.autoencoder_epochs
-        # A fresh copy of the compiled optimizer (its inner one under mixed precision, which
-        # the autoencoder's compile wraps again), made in the model's strategy scope.
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        with self.distribute_strategy.scope():
-            optimizer = type(optimizer).from_config(optimizer.get_config())
-        logger.info("Stage 1: training the autoencoder for %d epochs", ae_epochs)
-        autoencoder.trainable = True
+    def fit_autoencoder(self, x, epochs=None, optimizer=None, **fit_kwargs):
+        """Trains the autoencoder on `x` with Keras' `fit`, then measures its scale factor.
+
+        The first stage of `lungkit train latent`, for use without `lungkit.training` (which
+        runs it through `pending_stages`, resumably, in a run folder of its own).
+
+        Args:
+            x: images in [0, 1] (array or `tf.data.Dataset`, optionally with labels).
+            epochs: default `autoencoder_epochs` (or 1 when that is None).
+            optimizer: default a fresh copy of the model's compiled optimizer.
+            **fit_kwargs: passed to `keras.Model.fit`.
+
+        Returns:
+            The Keras `History` of the autoencoder's training.
+        """
+        if optimizer is None:
+            compiled = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+            if compiled is None:
+                raise ValueError("`optimizer` is required when the model is not compiled.")
+            with self.distribute_strategy.scope():
+                optimizer = type(compiled).from_config(compiled.get_config())
+        self._unfreeze_autoencoder()
         try:
-            autoencoder.compile(optimizer=optimizer)
-            history = autoencoder.fit(x, y, batch_size=batch_size, epochs=ae_epochs,
-                                      verbose=verbose, shuffle=shuffle,
-                                      steps_per_epoch=steps_per_epoch)
-        finally:
-            _frozen(autoencoder)
+            self.autoencoder.compile(optimizer=optimizer)
+            history = self.autoencoder.fit(x, epochs=epochs or self.autoencoder_epochs or 1,
+                                           **fit_kwargs)
+        except BaseException:
+            self._finish_autoencoder(None)
+            raise
+        self._finish_autoencoder(x)
         self.autoencoder_history = {k: [float(v) for v in values]
                                     for k, values in history.history.items()}
-        autoencoder.compute_scale_factor(x)
-        logger.info("Stage 2: training the latent diffusion")
+        return history
+
+    def _unfreeze_autoencoder(self):
+        self.autoencoder.trainable = True
+
+    def _finish_autoencoder(self, data):
+        """Freezes the autoencoder again and, after a finished training on `data`, measures
+        its scale factor (`data` None: the training failed, nothing is measured)."""
+        _frozen(self.autoencoder)
+        if data is not None:
+            self.autoencoder.compute_scale_factor(data)
 
     # -- sampling ------------------------------------------------------------------------
     def generate(self, n, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
@@ -248,10 +265,3 @@ def _frozen(autoencoder):
     autoencoder.optimizer = None
     autoencoder.compiled = False
     return autoencoder
-
-
-def _resuming(callbacks):
-    """True when a `BackupAndRestore` in `callbacks` holds the backup of an unfinished run."""
-    return any(isinstance(callback, keras.callbacks.BackupAndRestore)
-               and (Path(callback.backup_dir) / BACKUP_METADATA).exists()
-               for callback in callbacks or ())

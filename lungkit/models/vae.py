@@ -347,6 +347,14 @@ class VAE(GenerativeModel):
         return self.num_classes is not None and float(
             ops.convert_to_numpy(self.class_prior_fitted)) > 0.5
 
+    def after_training(self, dataset):
+        """A conditional VAE fits its ex-post class prior on the labelled training data
+        (`fit_class_prior`) once training ends; returns True when it did (save it again)."""
+        if self.num_classes is None or self.has_fitted_prior:
+            return False
+        self.fit_class_prior(dataset)
+        return True
+
     def fit_class_prior(self, x, labels=None, jitter=PRIOR_JITTER, batch_size=256):
         """Fits the ex-post prior p(z | y) = N(m_y, C_y) of a trained conditional VAE.
 

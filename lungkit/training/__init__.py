@@ -2,37 +2,37 @@
 
 - `lungkit.training.strategy`: `get_strategy`, `set_precision`, `is_chief`.
 - `lungkit.training.loop`: `train`, `fit`, `distributed_fit` (multi-worker), `ensure_built`.
+- `lungkit.training.runs`: the run record: a finished run is loaded, not trained again.
 - `lungkit.training.callbacks`: the callbacks of a resumable run, the only code that reads
   and writes a run's backups and history rows.
 """
 
+from lungkit.checks import PRECISIONS, STRATEGIES
 from lungkit.training.callbacks import (
     BACKUP_DIR,
     HISTORY_FILE,
     FriendlyTerminateOnNaN,
     ShuffleEpoch,
     TimingCallback,
+    backup_epoch,
     default_callbacks,
     read_history,
-    restore_rng_states,
-    resume_epoch,
-    save_rng_states,
-    trim_history,
 )
-from lungkit.training.loop import TrainingHistory, distributed_fit, ensure_built, fit, train
-from lungkit.training.strategy import (
-    PRECISIONS,
-    STRATEGIES,
-    get_strategy,
-    is_chief,
-    is_multiworker,
-    set_precision,
+from lungkit.training.loop import (
+    TrainingDiverged,
+    TrainingHistory,
+    TrainingInterrupted,
+    distributed_fit,
+    ensure_built,
+    fit,
+    train,
 )
+from lungkit.training.strategy import get_strategy, is_chief, is_multiworker, set_precision
 
 __all__ = [
     "BACKUP_DIR", "HISTORY_FILE", "PRECISIONS", "STRATEGIES", "FriendlyTerminateOnNaN",
-    "ShuffleEpoch", "TimingCallback", "TrainingHistory", "default_callbacks",
-    "distributed_fit", "ensure_built", "fit", "get_strategy", "is_chief", "is_multiworker",
-    "read_history", "restore_rng_states", "resume_epoch", "save_rng_states", "set_precision",
-    "train", "trim_history",
+    "ShuffleEpoch", "TimingCallback", "TrainingDiverged", "TrainingHistory",
+    "TrainingInterrupted", "backup_epoch", "default_callbacks", "distributed_fit",
+    "ensure_built", "fit", "get_strategy", "is_chief", "is_multiworker", "read_history",
+    "set_precision", "train",
 ]

@@ -18,8 +18,8 @@ the model's dtype policy is mixed_float16), and `GenerativeModel.gradient_step` 
 `optimizer.scale_loss`. Models keep their last layer and their losses in float32.
 """
 
-import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -29,19 +29,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lungkit.checks import check_int
 from lungkit.data.pipeline import set_shuffle_epoch
 from lungkit.models.base import unpack_batch
+from lungkit.models.registry import model_name
 from lungkit.training.callbacks import (
     BACKUP_DIR,
     HISTORY_FILE,
     ShuffleEpoch,
+    backup_epoch,
     default_callbacks,
+    load_backup,
     read_history,
-    restore_rng_states,
-    resume_epoch,
-    save_rng_states,
+    save_backup,
+    save_model,
     trim_history,
+    write_history,
 )
+from lungkit.training.runs import RunRecord, plan_run, run_settings
 from lungkit.training.strategy import get_strategy, is_chief, is_multiworker, set_precision
 
 logger = logging.getLogger(__name__)
@@ -77,55 +82,173 @@ def _history(out_dir):
                             if not all(np.isnan(v) for v in value) or key == "epoch"})
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a notebook interrupt) during `fit`: the message says what finished, where
+    it is saved and how to resume. IPython shows only the message (`_render_traceback_`)."""
+
+    def _render_traceback_(self):
+        return [str(self)]
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the message names the file with the last good weights."""
+
+
+def _data_fingerprint(dataset):
+    """What `make_dataset` attached (a hash of its data and options), or None."""
+    return getattr(dataset, "fingerprint", None)
+
+
 def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callbacks=(),
         strategy=None, steps_per_epoch=None, verbose="auto", initial_epoch=0,
-        images_per_epoch=None, tensorboard=True, save_every=1):
-    """Trains a compiled model with lungkit's resumable callbacks.
+        images_per_epoch=None, tensorboard=True, save_every=1, retrain=False):
+    """Trains a compiled model with lungkit's resumable callbacks; a finished run is loaded.
+
+    What happens is decided by the run record in `out_dir` (`lungkit.training.runs`): a new
+    folder trains from the start; an interrupted run resumes from its backup; a finished run
+    with the same settings and data is loaded (nothing is trained) or, asked for more epochs,
+    continued; a run with other settings is refused, naming the differences, unless
+    `retrain`. Models with stages (`LatentDiffusion` trains its autoencoder first) get each
+    stage trained (and reused) in `out_dir/<stage>` before their own training.
 
     Args:
         model: a compiled `keras.Model` (for a strategy: built in its scope).
         dataset: batched `tf.data.Dataset` of images in [0, 1] or `(images, labels)`.
         epochs: the total number of epochs, counting those done before a resume.
-        out_dir: run folder (checkpoints, `history.csv`, `backup/`, TensorBoard `logs/`).
-        name: checkpoint file stem; default `model.name`.
-        validation_data: optional dataset; then the best checkpoint follows `val_loss`.
+        out_dir: run folder (see `lungkit.training.callbacks` for what it receives).
+        name: model file stem; default `model.name`.
+        validation_data: optional dataset; then the best model follows `val_loss`.
         callbacks: extra callbacks, run after lungkit's.
         strategy: the Strategy the model was built under (default: the model's own); a
             multi-worker one runs `distributed_fit`, as `Model.fit` fails there.
         steps_per_epoch, verbose, initial_epoch: as in `keras.Model.fit`.
-        images_per_epoch: exact image count per epoch for the timing (default: batches x
-            batch size).
+        images_per_epoch: exact image count per epoch for the timing (default: the
+            dataset's `image_count` from `make_dataset`, else batches x batch size).
         tensorboard: also write TensorBoard logs.
-        save_every: checkpoint and back up every this many epochs (see `default_callbacks`).
+        save_every: save the model and the backup every this many epochs.
+        retrain: False (the rule above), True (move an earlier run aside into
+            `out_dir/replaced-<time>/` and start over) or "if_changed" (start over only when
+            the settings differ).
 
     Returns:
         `TrainingHistory` with one entry per epoch 0..epochs-1, including `epoch_seconds`
         and `images_per_second`.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C, saying how to resume.
+        TrainingDiverged: when the loss became non-finite (nothing diverged was saved).
+        ValueError: bad arguments, or a folder holding another run (see above).
     """
+    epochs = check_int("epochs", epochs)
     strategy = get_strategy(strategy) if strategy is not None else model.distribute_strategy
     if is_multiworker(strategy):
         return distributed_fit(model, dataset, epochs, strategy, out_dir, name=name,
                                steps_per_epoch=steps_per_epoch, verbose=verbose != 0)
-    name = name or model.name
+    name = name or default_run_name(model)
     out_dir = Path(out_dir)
+    if hasattr(model, "compute_losses"):
+        ensure_built(model, model.distribute_strategy, dataset)  # before the first trace
+    batch_size = batch_size_of(dataset)
+    record = RunRecord(out_dir, name)
+    stages = [stage.name for stage in _stages(model)]
+    settings = run_settings(model, batch_size, _data_fingerprint(dataset))
+    action, done = plan_run(record, settings, epochs, retrain, stages)
+    if action == "load":
+        return _load_finished(model, out_dir, name, epochs, done)
+    if action == "fresh":
+        _train_stages(model, dataset, out_dir, epochs, verbose=verbose, retrain=retrain)
+    else:
+        _restore_stages(model)  # the backup holds what the stages made
+    record.write(settings, epochs, done, finished=False, stages=stages)
+    images_per_epoch = images_per_epoch or getattr(dataset, "image_count", None)
     defaults = default_callbacks(
         out_dir, name=name, monitor="val_loss" if validation_data is not None else "loss",
-        batch_size=None if images_per_epoch else batch_size_of(dataset),
+        batch_size=None if images_per_epoch else batch_size,
         images_per_epoch=images_per_epoch,
         tensorboard=tensorboard, initial_epoch=initial_epoch, save_every=save_every)
-    if not model.built and hasattr(model, "compute_losses"):  # BackupAndRestore needs it
-        ensure_built(model, model.distribute_strategy, dataset)
     model._initial_epoch = None  # an earlier restore must not leak into this run
-    model.fit(dataset, epochs=epochs, validation_data=validation_data,
-              callbacks=[ShuffleEpoch(dataset, validation_data), *defaults, *callbacks],
-              steps_per_epoch=steps_per_epoch,
-              verbose=verbose, initial_epoch=initial_epoch, shuffle=False)  # data shuffles
+    try:
+        model.fit(dataset, epochs=epochs, validation_data=validation_data,
+                  callbacks=[ShuffleEpoch(dataset, validation_data), *defaults, *callbacks],
+                  steps_per_epoch=steps_per_epoch, verbose=verbose, initial_epoch=initial_epoch,
+                  shuffle=False)  # the data shuffle themselves
+    except KeyboardInterrupt as interrupt:
+        raise TrainingInterrupted(_interrupted_message(out_dir, name, epochs)) from interrupt
+    guard = defaults[1]
+    if guard.diverged:
+        raise TrainingDiverged(guard.message + " " + _last_good(out_dir, name))
+    if getattr(model, "after_training", None) and model.after_training(dataset):
+        save_model(model, out_dir / f"{name}.keras")  # e.g. a fitted class prior
     history = _history(out_dir)
-    done = len(history.get("epoch", []))
+    record.write(settings, epochs, len(history.get("epoch", [])), finished=True, stages=stages)
     if defaults[0].seconds_per_epoch:
-        logger.info("Trained %s: %d epochs in %s; %s", name, done, out_dir,
-                    ", ".join(f"{k} {v:.3g}" for k, v in defaults[0].summary().items()))
+        logger.info("Trained %s: %d epochs in %s; %s", name, len(history.get("epoch", [])),
+                    out_dir, ", ".join(f"{k} {v:.3g}" for k, v in defaults[0].summary().items()))
     return history
+
+
+def default_run_name(model):
+    """A model's file stem when none is given: its registry name ("vae"), else its Keras name
+    without the counter Keras appends to repeated names ("tiny_2" -> "tiny")."""
+    return model_name(model) or re.sub(r"_\d+$", "", model.name)
+
+
+def _stages(model):
+    pending = getattr(model, "pending_stages", None)
+    return list(pending()) if pending else []
+
+
+def _train_stages(model, dataset, out_dir, epochs, **fit_kwargs):
+    """Trains each pending stage of `model` as a run of its own in `out_dir/<stage>`."""
+    for stage in _stages(model):
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+        with model.distribute_strategy.scope():  # a fresh copy of the compiled optimizer
+            stage.model.compile(optimizer=type(optimizer).from_config(optimizer.get_config()))
+        logger.info("Stage %s of %s: %d epochs", stage.name, model.name, stage.epochs or epochs)
+        stage.start()
+        try:
+            fit(stage.model, dataset, stage.epochs or epochs, Path(out_dir) / stage.name,
+                name=stage.name, **fit_kwargs)
+        except BaseException:
+            stage.finish(None)
+            raise
+        stage.finish(dataset)
+
+
+def _restore_stages(model):
+    restore = getattr(model, "restore_stages", None)
+    if restore:
+        restore()
+
+
+def _load_finished(model, out_dir, name, epochs, done):
+    """Loads the weights of the finished run in `out_dir`; returns its history."""
+    path = out_dir / f"{name}.keras"
+    model.load_weights(path)
+    _restore_stages(model)
+    if done > epochs:
+        logger.warning("%s was trained to %d epochs, more than the %d asked for: loading it as "
+                       "it is (retrain=True starts over)", path, done, epochs)
+    logger.info("Loaded the finished run %s (%d epochs); nothing to train", path, done)
+    return _history(out_dir)
+
+
+def _last_good(out_dir, name):
+    epoch = backup_epoch(Path(out_dir) / BACKUP_DIR)
+    if not epoch:
+        return "Nothing was saved: no epoch finished with a finite loss."
+    return (f"The last good weights, after epoch {epoch}, are in {Path(out_dir) / name}.keras "
+            f"and {Path(out_dir) / BACKUP_DIR}/; the diverged ones were not saved.")
+
+
+def _interrupted_message(out_dir, name, epochs):
+    epoch = backup_epoch(Path(out_dir) / BACKUP_DIR) or 0
+    if epoch == 0:
+        return (f"Training {name} interrupted before its first epoch finished: nothing was "
+                f"saved in {out_dir}; running it again starts from the beginning.")
+    return (f"Training {name} interrupted: {epoch} of {epochs} epochs finished and saved in "
+            f"{out_dir} ({name}.keras, {BACKUP_DIR}/). Run the same command again (the same "
+            f"out_dir) to resume at epoch {epoch + 1}.")
 
 
 def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="float32",
@@ -138,7 +261,8 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
             `strategy.scope()` with the precision policy set, so every variable is placed and
             typed right.
         dataset: a batched `tf.data.Dataset` (its batch is the global batch), or a callable
-            `dataset(global_batch_size) -> Dataset` used with `batch_size`.
+            `dataset(global_batch_size) -> Dataset` used with `batch_size`, called once the
+            model is built (so a bad model argument fails before the data are read).
         epochs, out_dir, name, **fit_kwargs: as in `fit`.
         strategy: a name from `STRATEGIES` or a Strategy.
         precision: a name from `PRECISIONS`.
@@ -154,10 +278,9 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
     """
     strategy = get_strategy(strategy)
     replicas = strategy.num_replicas_in_sync
-    if callable(dataset) and not isinstance(dataset, tf.data.Dataset):
-        if batch_size is None:
-            raise ValueError("`batch_size` is required when `dataset` is a callable.")
-        dataset = dataset(batch_size * replicas)
+    is_factory = callable(dataset) and not isinstance(dataset, tf.data.Dataset)
+    if is_factory and batch_size is None:
+        raise ValueError("`batch_size` is required when `dataset` is a callable.")
     if scale_learning_rate:
         learning_rate *= replicas
     previous = set_precision(precision)
@@ -169,6 +292,8 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
                           jit_compile=bool(jit))
     finally:
         set_precision(previous)  # the model keeps its policy; later models are unaffected
+    if is_factory:  # read the data only once the model is built: bad settings fail first
+        dataset = dataset(batch_size * replicas)
     logger.info("Training %s: strategy %s (%d replica(s)), precision %s, jit %s, learning "
                 "rate %g, global batch %s", model.name, type(strategy).__name__, replicas,
                 precision, bool(jit), learning_rate,
@@ -211,20 +336,15 @@ def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
     Returns:
         `TrainingHistory` (the chief's; other workers get their in-memory history).
     """
-    name, out_dir, chief = name or model.name, Path(out_dir), is_chief(strategy)
+    name, out_dir, chief = name or default_run_name(model), Path(out_dir), is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     ensure_built(model, strategy, dataset)
     task = getattr(strategy.cluster_resolver, "task_id", 0) or 0
     backup = out_dir / (BACKUP_DIR if chief else f"{BACKUP_DIR}_worker{task}")
-    start = resume_epoch(backup) or 0
+    start = load_backup(model, backup) or 0  # weights, optimizer and RNG states
     if start:
-        model.load_weights(backup / "latest.weights.h5")  # weights and optimizer
-        restore_rng_states(model, backup)
         logger.info("Resuming from %s at epoch %d", backup, start)
-    if chief:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rows = trim_history(out_dir / HISTORY_FILE, start)
-    history = TrainingHistory(read_history(out_dir / HISTORY_FILE) if chief and rows else {})
+    history = TrainingHistory(trim_history(out_dir / HISTORY_FILE, start) if chief else {})
 
     def replica_step(batch):
         images, labels = unpack_batch(batch)
@@ -250,31 +370,22 @@ def distributed_fit(model, dataset, epochs, strategy, out_dir, *, name=None,
                     images_per_second=len(step_losses) * global_batch / seconds)
         for key, value in {"epoch": epoch, **logs}.items():
             history.setdefault(key, []).append(value)
-        _save_epoch(model, out_dir, name, epoch, logs, chief)
-        backup.mkdir(parents=True, exist_ok=True)
-        model.save_weights(backup / "latest.weights.h5")
-        save_rng_states(model, backup)
-        (backup / "training_metadata.json").write_text(json.dumps({"epoch": epoch + 1}))
+        _save_epoch(model, out_dir, name, history, chief)
+        save_backup(model, backup, epoch + 1)
         if verbose:
             logger.info("epoch %d/%d: %s", epoch + 1, epochs,
                         ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
-    shutil.rmtree(backup, ignore_errors=True)
     set_shuffle_epoch(dataset, epochs, advance=True)  # plain loops reshuffle again
     return _history(out_dir) if chief else history
 
 
-def _save_epoch(model, out_dir, name, epoch, logs, chief):
-    """Chief: last checkpoint + one CSV row. Others: save to a temporary folder, delete it."""
+def _save_epoch(model, out_dir, name, history, chief):
+    """Chief: the model and the history. Others: save to a temporary folder, delete it
+    (saving may take part in collective ops, so every worker saves)."""
     if not chief:
         temp = Path(tempfile.mkdtemp(prefix="lungkit_worker_"))
         model.save(temp / f"{name}.keras")
         shutil.rmtree(temp, ignore_errors=True)
         return
-    model.save(out_dir / f"{name}.keras")
-    path = out_dir / HISTORY_FILE
-    fields = ["epoch", *sorted(logs)]
-    new = not path.exists() or not path.read_text().strip()
-    with path.open("a") as f:
-        if new:
-            f.write(",".join(fields) + "\n")
-        f.write(",".join(str({"epoch": epoch, **logs}[k]) for k in fields) + "\n")
+    save_model(model, out_dir / f"{name}.keras")
+    write_history(out_dir / HISTORY_FILE, history)

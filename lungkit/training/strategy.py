@@ -12,10 +12,10 @@ import os
 import keras
 import tensorflow as tf
 
+from lungkit.checks import PRECISIONS, STRATEGIES
+
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Environment variables that announce a TPU (Colab / Cloud TPU VMs). "auto" only asks the
 # TPU resolver when one is set: on other machines it would query the GCE metadata server.
 TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")

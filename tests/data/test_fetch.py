@@ -4,7 +4,6 @@ import functools
 import hashlib
 import http.server
 import socket
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lungkit.data import fetch as fetch_module
-from lungkit.data.fetch import MARKER_NAME, fetch_dataset, mount_drive, safe_extract
+from lungkit.data.fetch import MARKER_NAME, fetch_dataset, safe_extract
 from lungkit.data.images import load_data
 
 
@@ -243,12 +242,3 @@ def test_kaggle_via_kagglehub(make_iq_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(kagglehub, "dataset_download", failing)
     with pytest.raises(ConnectionError, match="kagglehub could not download.*403"):
         fetch_dataset(source, tmp_path / "k3")
-
-
-def test_mount_drive_outside_colab(monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "google.colab", None)  # makes the import fail
-    with pytest.raises(RuntimeError, match="only in Google Colab.*fetch_dataset"):
-        mount_drive()
-    with caplog.at_level("INFO", logger="lungkit.data.fetch"):
-        assert mount_drive(required=False) is None
-    assert "only in Google Colab" in caplog.text

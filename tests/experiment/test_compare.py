@@ -125,7 +125,8 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_featu
 
 def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, caplog,
                                                                      tiny_features):
-    """A second compare into the same folder loads what finished; a changed section retrains."""
+    """A second compare into the same folder loads what finished, continues what asks for
+    more epochs, and trains a changed model again (its old run moved aside)."""
     config = experiment.get_config("quick", name="tiny_reuse",
                                    models=("vae", "denoiser", "latent"), **{
                                        **TINY, "latent.autoencoder_epochs": 1,
@@ -134,20 +135,23 @@ def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, c
     run = _run_folder(tmp_path, tiny_features)
     experiment.compare(config, run, progress=False)
     first = json.loads((run / "metrics.json").read_text())["models"]
-    markers = sorted(p.name for p in run.rglob("*.done.json"))
-    assert markers == ["autoencoder.done.json", "denoiser.done.json",
-                       "latent_diffusion.done.json", "vae.done.json"]
-    caplog.set_level(logging.INFO, logger="lungkit.experiment.runners")
-    # sampling settings leave the hybrid as it is; vae.epochs retrains the VAE
-    changed = config.replace(**{"vae.epochs": 3, "latent.sampling_steps": 2})
+    records = sorted(p.name for p in run.rglob("*.run.json"))
+    assert records == ["autoencoder.run.json", "denoiser.run.json", "latent_diffusion.run.json",
+                       "vae.run.json"]
+    caplog.set_level(logging.INFO, logger="lungkit.training")
+    # sampling settings leave the hybrid as it is; more VAE epochs continue the VAE; another
+    # learning rate trains the denoiser again
+    changed = config.replace(**{"vae.epochs": 3, "denoiser.learning_rate": 1e-4,
+                                "latent.sampling_steps": 2})
     experiment.compare(changed, run, progress=False)
     second = json.loads((run / "metrics.json").read_text())["models"]
-    assert "Reusing" in caplog.text and "autoencoder.keras" in caplog.text
-    assert "latent_diffusion.keras" in caplog.text and "denoiser.keras" in caplog.text
-    assert second["denoiser"]["history"] == first["denoiser"]["history"]
-    assert "Retraining vae" in caplog.text
+    assert caplog.text.count("nothing to train") == 2  # the hybrid's two stages
+    assert "Settings of denoiser changed (optimizer.learning_rate" in caplog.text
+    assert len(list((run / "denoiser").glob("replaced-*/denoiser.keras"))) == 1
+    assert second["denoiser"]["history"]["loss"] != first["denoiser"]["history"]["loss"]
     for key in ("seconds_per_epoch", "history"):  # both stages: from the first training
         assert second["latent"][key] == first["latent"][key], key
         assert second["latent"]["autoencoder"][key] == first["latent"]["autoencoder"][key], key
-    assert second["vae"]["epochs"] == 3 and len(second["vae"]["history"]["epoch"]) == 3
+    assert second["vae"]["epochs"] == 3
+    assert second["vae"]["history"]["loss"][:2] == first["vae"]["history"]["loss"]
     assert second["latent"]["variants"]["latent"]["steps"] == 2  # sampled anew

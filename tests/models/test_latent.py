@@ -14,7 +14,7 @@ TINY_DIFFUSION = dict(widths=(8, 16), blocks_per_level=1, timesteps=50, ema_deca
 @pytest.fixture(scope="module")
 def trained():
     """A tiny autoencoder trained 3 epochs and calibrated, then a latent diffusion 2 epochs
-    on the same 8 images (built by the one-call, two-stage `fit`), with its loss histories."""
+    on the same 8 images (`fit_autoencoder`, then `fit`), with its loss histories."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:32, :32]
@@ -25,6 +25,7 @@ def trained():
                             autoencoder_widths=TINY_AE["widths"], autoencoder_epochs=3,
                             seed=0, **TINY_DIFFUSION)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    model.fit_autoencoder(images, batch_size=4, verbose=0, shuffle=False)
     history = model.fit(images, batch_size=4, epochs=2, verbose=0, shuffle=False)
     return model, images, history.history
 

@@ -119,18 +119,26 @@ def test_timing_callback_records_seconds_and_images_per_second(tmp_path):
     assert len(history["epoch_seconds"]) == 3 and all(r > 0 for r in history["images_per_second"])
 
 
-def test_nan_loss_stops_with_advice(tmp_path, caplog):
+def test_nan_loss_stops_with_advice_and_keeps_the_last_good_model(tmp_path, caplog):
     images = tiny_images()
+    good = build()
+    training.fit(good, tiny_dataset(), 1, tmp_path, verbose=0)
+    saved = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "logs" not in
+             p.parts and p.suffix != ".json" and p.name != "history.csv"}
     images[0, 0, 0, 0] = np.nan
     model = build()
-    with caplog.at_level("ERROR", logger="lungkit.training.callbacks"):
-        history = training.fit(model, tf.data.Dataset.from_tensor_slices(images).batch(4),
-                               5, tmp_path, verbose=0)
-    assert model.optimizer.iterations.numpy() == 1  # stopped after the first batch
-    assert history["epoch"] == [0]
+    with caplog.at_level("ERROR", logger="lungkit.training.callbacks"), \
+            pytest.raises(training.TrainingDiverged, match="after epoch 1, are in .*tiny.keras"):
+        training.fit(model, tf.data.Dataset.from_tensor_slices(images).batch(4), 5, tmp_path,
+                     verbose=0, retrain=False)
+    assert model.optimizer.iterations.numpy() == 3  # restored 2, stopped after one more batch
     message = caplog.text
-    assert "became nan at epoch 0, batch 0" in message
+    assert "became nan at epoch 1, batch 0" in message
     assert "lower the learning rate (now 0.1" in message and "[0, 1]" in message
+    for path, data in saved.items():  # nothing diverged was written over the good files
+        assert path.read_bytes() == data, path
+    reloaded = keras.saving.load_model(tmp_path / "tiny.keras")
+    assert all(np.isfinite(w).all() for w in reloaded.get_weights())
 
 
 def test_checkpoints_history_and_backup_cleanup(tmp_path):
@@ -138,7 +146,7 @@ def test_checkpoints_history_and_backup_cleanup(tmp_path):
     history = training.fit(model, tiny_dataset(), 2, tmp_path, verbose=0,
                            validation_data=tiny_dataset())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "logs") == [
-        "history.csv", "tiny.best.keras", "tiny.keras"]  # backup/ removed at the end
+        "backup", "history.csv", "tiny.best.keras", "tiny.keras", "tiny.run.json"]
     assert history["epoch"] == [0, 1] and history["loss"][1] < history["loss"][0]
     assert history["val_loss"][1] < history["val_loss"][0]  # the best checkpoint's monitor
     reloaded = keras.saving.load_model(tmp_path / "tiny.keras")
@@ -198,18 +206,71 @@ def test_vae_resume_restores_its_sampling_noise(tmp_path, tiny_ct_batch):
 
 
 def test_resume_drops_history_rows_that_will_be_redone(tmp_path):
-    # A kill after the CSV row of epoch 2 but before its backup: epoch 2 is trained again.
-    (tmp_path / "backup").mkdir(parents=True)
-    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
-    trained = build()
-    trained.fit(tiny_dataset(), epochs=2, verbose=0, shuffle=False)
-    trained.save_weights(tmp_path / "backup" / "latest.weights.h5")
-    (tmp_path / "history.csv").write_text(
-        "epoch,epoch_seconds,images_per_second,loss,mse\n"
-        "0,1,8,0.5,0.5\n1,1,8,0.4,0.4\n2,1,8,0.3,0.3\n")
-    history = training.fit(build(), tiny_dataset(), 3, tmp_path, verbose=0)
-    assert history["epoch"] == [0, 1, 2] and history["loss"][:2] == [0.5, 0.4]
-    assert history["loss"][2] != 0.3
+    # A kill after the history row of epoch 2 but before its backup: epoch 2 is trained again.
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(build(), tiny_dataset(), 3, tmp_path, callbacks=[_Interrupt(2)], verbose=0)
+    from lungkit.training.callbacks import write_history
+
+    history = read_history(tmp_path / "history.csv")
+    extra = {key: values + [values[-1]] for key, values in history.items()}
+    extra["epoch"][-1] = 2
+    write_history(tmp_path / "history.csv", extra)  # a row for epoch 2, without its backup
+    resumed = training.fit(build(), tiny_dataset(), 3, tmp_path, verbose=0)
+    assert resumed["epoch"] == [0, 1, 2] and resumed["loss"][:2] == history["loss"]
+    assert resumed["loss"][2] != history["loss"][1]
+
+
+def test_a_finished_run_is_loaded_continued_or_refused_never_retrained(tmp_path, caplog):
+    first = build()
+    history = training.fit(first, tiny_dataset(), 2, tmp_path, verbose=0)
+    iterations = int(first.optimizer.iterations.numpy())
+    model_bytes = (tmp_path / "tiny.keras").read_bytes()
+    caplog.set_level("INFO", logger="lungkit.training")
+    again = build()
+    loaded = training.fit(again, tiny_dataset(), 2, tmp_path, verbose=0)  # the next day
+    assert loaded == history and "nothing to train" in caplog.text
+    assert (tmp_path / "tiny.keras").read_bytes() == model_bytes
+    for a, b in zip(again.get_weights(), first.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    more = build()
+    longer = training.fit(more, tiny_dataset(), 3, tmp_path, verbose=0)  # one epoch more
+    assert longer["epoch"] == [0, 1, 2] and longer["loss"][:2] == history["loss"]
+    assert int(more.optimizer.iterations.numpy()) == iterations + 2  # continued, not restarted
+    with pytest.raises(ValueError, match=r"other settings: .*learning_rate: 0\.1 -> 0\.05.*"
+                                         r"retrain=True"):
+        training.fit(build(optimizer=keras.optimizers.SGD(0.05)), tiny_dataset(), 3, tmp_path,
+                     verbose=0)
+    fresh = training.fit(build(optimizer=keras.optimizers.SGD(0.05)), tiny_dataset(), 1,
+                         tmp_path, verbose=0, retrain=True)
+    assert fresh["epoch"] == [0]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("replaced-")]
+    assert len(aside) == 1 and (aside[0] / "tiny.keras").is_file()
+    assert read_history(aside[0] / "history.csv")["epoch"] == [0, 1, 2]
+
+
+def test_run_files_without_a_record_are_refused(tmp_path):
+    (tmp_path / "tiny.keras").write_text("someone else's model")
+    with pytest.raises(ValueError, match="holds tiny.keras but no tiny.run.json.*Nothing was "
+                                         "changed"):
+        training.fit(build(), tiny_dataset(), 1, tmp_path, verbose=0)
+    assert (tmp_path / "tiny.keras").read_text() == "someone else's model"
+
+
+def test_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path):
+    with pytest.raises(training.TrainingInterrupted) as caught:
+        training.fit(build(), tiny_dataset(), 4, tmp_path, callbacks=[_Interrupt(2)], verbose=0)
+    message = str(caught.value)
+    assert "2 of 4 epochs finished and saved in" in message and "resume at epoch 3" in message
+    assert caught.value._render_traceback_() == [message]  # IPython shows one line
+    with pytest.raises(training.TrainingInterrupted, match="nothing was saved"):
+        training.fit(build(), tiny_dataset(), 4, tmp_path / "early", callbacks=[_Interrupt(0)],
+                     verbose=0)
+
+
+def test_epochs_are_checked_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="`epochs` must be an integer >= 1. Received: epochs=-1"):
+        training.fit(build(), tiny_dataset(), -1, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
 
 
 # --- subprocess tests: SIGKILL resume, mirrored on two logical CPUs, multi-worker ----------------
@@ -248,7 +309,7 @@ def test_sigkill_during_epoch_2_then_restart_resumes_with_continuous_history(tmp
     assert history["epoch"] == [0, 1, 2, 3]
     np.testing.assert_allclose(history["loss"], expected["history"]["loss"], rtol=1e-5)
     np.testing.assert_allclose(resumed["weights"], expected["weights"], rtol=1e-5, atol=1e-6)
-    assert not (run / "backup").exists()
+    assert (run / "backup" / "state.json").is_file()  # kept: the run can be continued
 
 
 def test_mirrored_two_logical_cpus_matches_one_device(tmp_path):
@@ -285,9 +346,9 @@ def test_multiworker_two_processes_same_weights_chief_alone_writes(tmp_path):
     np.testing.assert_allclose(results[0]["weights"], results[0]["single_weights"],
                                rtol=1e-4, atol=1e-6)
     chief, other = tmp_path / "worker0", tmp_path / "worker1"
-    assert sorted(p.name for p in chief.iterdir()) == ["history.csv", "tiny.keras"]
+    assert sorted(p.name for p in chief.iterdir()) == ["backup", "history.csv", "tiny.keras"]
     assert read_history(chief / "history.csv")["epoch"] == [0, 1]
-    assert not other.exists() or not any(other.iterdir())
+    assert sorted(p.name for p in other.iterdir()) == ["backup_worker1"]  # its own backup
 
 
 # --- subprocess entry points --------------------------------------------------------------------

@@ -197,10 +197,10 @@ def test_interrupted_custom_loop_restores_rng_and_shuffle_epoch(tmp_path, monkey
     expected, expected_state = run(tmp_path / "ref")
     save_epoch = training.loop._save_epoch
 
-    def crash_in_epoch_2(model, out_dir, name, epoch, logs, chief):
-        if epoch == 2:
+    def crash_in_epoch_2(model, out_dir, name, history, chief):
+        if history["epoch"][-1] == 2:
             raise KeyboardInterrupt("simulated crash")
-        save_epoch(model, out_dir, name, epoch, logs, chief)
+        save_epoch(model, out_dir, name, history, chief)
 
     monkeypatch.setattr(training.loop, "_save_epoch", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -245,7 +245,7 @@ def test_sigkilled_shuffled_runs_resume_like_uninterrupted_ones(tmp_path):
         _assert_same_run(read_history(tmp_path / "run" / kind / "history.csv"),
                          expected["history"], resumed["state"], expected["state"],
                          resumed["loss_names"])
-        assert not (tmp_path / "run" / kind / "backup").exists()
+        assert (tmp_path / "run" / kind / "backup" / "state.json").is_file()  # kept
 
 
 # --- subprocess entry point ------------------------------------------------------------------
