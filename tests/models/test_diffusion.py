@@ -251,6 +251,56 @@ def test_model_dpm_solver_with_exact_denoiser_recovers_gaussian_data():
     assert pixels.std() == pytest.approx(STD, rel=0.06)
 
 
+class FakeNetwork(keras.layers.Layer):
+    """A fixed stand-in network: `0.5 tanh(x) + 0.2 t/T - 0.1 (+ 0.05 label)`, no weights."""
+
+    def call(self, inputs, training=False):
+        x, times = inputs[0], ops.reshape(inputs[1], (-1, 1, 1, 1))
+        output = 0.5 * ops.tanh(x) + 0.2 * times - 0.1
+        if len(inputs) > 2:
+            output = output + 0.05 * ops.reshape(ops.cast(inputs[2], "float32"), (-1, 1, 1, 1))
+        return output
+
+
+# (prediction, num_classes, n, sample() arguments) -> (sum, mean |x|, three elements of x),
+# stored from the sampler before its step was split into a predict and an update step.
+GOLDEN_SAMPLES = [
+    ("epsilon", None, 1, dict(sampler="ddim", steps=10, seed=0, clip_denoised=False),
+     (-0.535729169845581, 0.7142937183380127,
+      -1.7587025165557861, 0.8967405557632446, -1.4341791868209839)),
+    ("epsilon", None, 1, dict(sampler="ddim", steps=10, eta=0.5, seed=1, clip_denoised=False),
+     (-4.4173808097839355, 1.037090539932251,
+      0.6239830255508423, -1.8786883354187012, -0.577747642993927)),
+    ("epsilon", None, 1, dict(sampler="dpm++", steps=10, seed=2, clip_denoised=False),
+     (-3.8840041160583496, 0.560544490814209,
+      -0.5919249057769775, -0.6173231601715088, 0.6367402672767639)),
+    ("epsilon", None, 1, dict(sampler="ddpm", seed=3, clip_denoised=False),
+     (7.460798263549805, 0.7010349035263062,
+      0.07451611757278442, 0.7149218320846558, -0.1963394284248352)),
+    ("v", 2, 2, dict(sampler="ddim", steps=10, seed=4, label=1, guidance=2.0),
+     (-2.945082664489746, 0.5198574066162109,
+      -0.41955381631851196, -0.6478758454322815, -0.7961384057998657)),
+    ("v", 2, 2, dict(sampler="dpm++", steps=10, seed=5, label=[0, 1], guidance=1.0,
+                     clip_denoised=False),
+     (4.189006328582764, 0.5249696969985962,
+      -1.7295656204223633, -0.5296802520751953, -0.9032392501831055)),
+]
+
+
+@pytest.mark.parametrize("prediction, num_classes, n, arguments, golden", GOLDEN_SAMPLES,
+                         ids=[f"{c[0]}-{c[3]['sampler']}-{i}" for i, c in enumerate(GOLDEN_SAMPLES)])
+def test_golden_sample_with_a_fixed_network(prediction, num_classes, n, arguments, golden):
+    model = DiffusionModel(image_size=4, channels=1, timesteps=50, schedule="linear",
+                           prediction=prediction, widths=(8,), blocks_per_level=1,
+                           num_classes=num_classes, seed=0)
+    model.ema_network = FakeNetwork()
+    x = model.sample(n, progress=False, **arguments)
+    assert x.shape == (n, 4, 4, 1)
+    # One comparison for all five numbers, so a failure shows how many moved.
+    measured = [x.sum(), np.abs(x).mean(), *x.ravel()[[0, 5, -1]]]
+    np.testing.assert_allclose(measured, golden, rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- the model
 def tiny_model(**kwargs):
     args = dict(image_size=16, channels=1, timesteps=20, widths=(8, 16), blocks_per_level=1,
