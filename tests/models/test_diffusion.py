@@ -184,10 +184,11 @@ def test_dpm_solver_2m_update_matches_lu_et_al_algorithm_2():
     update = denoising_update(x, x0_now, 0.0, x0_before, None, plan.coefficients[i])
     np.testing.assert_allclose(update, expected, rtol=1e-9)
     # The first step is first order, i.e. exactly a DDIM step; the last returns pred_x0.
-    ddim_row = schedule._ddim_row(plan.timesteps[0], plan.timesteps[1], 0.0)
-    eps = (x - ddim_row[0] * x0_now) / ddim_row[1]
+    signal_rate, noise_rate = schedule.rates(plan.timesteps[0])
+    eps = (x - signal_rate * x0_now) / noise_rate
     np.testing.assert_allclose(denoising_update(x, x0_now, 0.0, None, None, plan.coefficients[0]),
-                               denoising_update(x, x0_now, eps, None, None, ddim_row), rtol=1e-6)
+                               schedule.ddim_step(x, eps, plan.timesteps[0], plan.timesteps[1]),
+                               rtol=1e-6)
     np.testing.assert_allclose(denoising_update(x, x0_now, 0.0, x0_before, None,
                                                 plan.coefficients[-1]), x0_now)
 
