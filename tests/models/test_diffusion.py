@@ -16,6 +16,8 @@ from lungkit.models.diffusion import (
     SCHEDULES,
     DiffusionModel,
     NoiseSchedule,
+    StepCoefficients,
+    StepOptions,
     ddim_timesteps,
     denoising_update,
     eps_from_velocity,
@@ -302,6 +304,28 @@ def test_golden_sample_with_a_fixed_network(prediction, num_classes, n, argument
     np.testing.assert_allclose(measured, golden, rtol=0, atol=1e-5)
 
 
+def test_sample_progressive_yields_every_step_and_sample_drains_it():
+    model = DiffusionModel(image_size=4, channels=1, timesteps=50, schedule="linear",
+                           widths=(8,), blocks_per_level=1, seed=0)
+    model.ema_network = FakeNetwork()
+    arguments = dict(steps=5, sampler="dpm++", seed=1, batch_size=2, progress=False)
+    chain = list(model.sample_progressive(3, **arguments))
+    assert [(step.start, step.count, step.index, step.final) for step in chain] == \
+        [(0, 2, k, k == 4) for k in range(5)] + [(2, 1, k, k == 4) for k in range(5)]
+    assert [step.timestep for step in chain[:5]] == list(model.schedule.plan("dpm++", 5).timesteps)
+    final = np.concatenate([ops.convert_to_numpy(step.x)[:step.count] for step in chain
+                            if step.final])
+    np.testing.assert_array_equal(final, model.sample(3, **arguments))
+    # The last step jumps to t = -1, where the sample is that step's pred_x0; earlier ones not.
+    np.testing.assert_allclose(chain[4].x, chain[4].pred_x0, atol=1e-6)
+    assert not np.allclose(chain[3].x, chain[3].pred_x0, atol=1e-3)
+    # Arguments are checked at the call, before the first step; past `n` they are keywords.
+    with pytest.raises(ValueError, match="`n` must be a positive integer"):
+        model.sample_progressive(0)
+    with pytest.raises(TypeError, match="positional"):
+        model.generate(2, 5)
+
+
 # ---------------------------------------------------------------------------- the model
 def tiny_model(**kwargs):
     args = dict(image_size=16, channels=1, timesteps=20, widths=(8, 16), blocks_per_level=1,
@@ -374,7 +398,7 @@ def _count_steps(model):
     """Wraps the compiled step so each call (one network evaluation) is recorded."""
     import tensorflow as tf
 
-    compiled = tf.function(model._step, reduce_retracing=True)
+    compiled = tf.function(model._sampling_step, reduce_retracing=True)
     calls = []
 
     def counting(x, row, times, *args):
@@ -448,8 +472,9 @@ def test_guided_step_combines_conditional_and_unconditional_outputs():
     null = ops.convert_to_tensor([3, 3], dtype="int32")
 
     def x0(labels, guidance, guided):
-        return ops.convert_to_numpy(model._step(x, row, times, labels, guidance, None, guided,
-                                                False, True, False)[1])
+        options = StepOptions(use_ema=True, guided=guided, clip=False, stochastic=False)
+        step = StepCoefficients.from_row(row)
+        return ops.convert_to_numpy(model._denoise(x, step, times, labels, guidance, options)[0])
 
     conditional, unconditional = x0(labels, 1.0, False), x0(null, 0.0, False)
     np.testing.assert_allclose(x0(labels, 3.0, True),
