@@ -2,9 +2,10 @@
 
 Training follows Ho et al. (2020): a random timestep per image, Gaussian noise, and the MSE of
 the network's noise (or v, Salimans & Ho 2022) prediction. Sampling runs one compiled step
-function in a Python loop over a `SamplingPlan` from `lungkit.models.schedule` (whose maths,
-notation table and references are re-exported here). Classifier-free guidance follows Ho &
-Salimans (2022), with `guidance` = w in
+function (a predict step, then an update step) in a Python loop over a `SamplingPlan`; the
+plans, update rule, notation table and references live in `lungkit.models.schedule`.
+`sample_progressive` yields every step of that loop; `sample` and `generate` keep the last.
+Classifier-free guidance follows Ho & Salimans (2022), with `guidance` = w in
 
     eps = eps_uncond + w * (eps_cond - eps_uncond),
 
@@ -24,23 +25,12 @@ from keras import ops
 from tqdm.auto import tqdm
 
 from lungkit.models.base import GenerativeModel
-from lungkit.models.schedule import (  # noqa: F401  (re-exported: the public schedule API)
-    COEFFICIENTS,
+from lungkit.models.schedule import (
     PREDICTIONS,
-    SAMPLERS,
-    SCHEDULES,
-    SPACINGS,
     NoiseSchedule,
-    SamplingPlan,
     StepCoefficients,
-    cosine_alpha_bar,
-    cosine_schedule,
-    ddim_timesteps,
     denoising_update,
-    dpm_solver_timesteps,
     eps_from_velocity,
-    eps_from_x0,
-    linear_schedule,
     velocity,
     x0_from_eps,
     x0_from_velocity,
@@ -151,7 +141,7 @@ class DiffusionModel(GenerativeModel):
         image_size: height and width of the images.
         channels: image channels (1 or 3 for CT).
         timesteps: T, the number of diffusion steps.
-        schedule: a key of `SCHEDULES` ("cosine" or "linear").
+        schedule: a key of `lungkit.models.schedule.SCHEDULES` ("cosine" or "linear").
         prediction: what the network predicts: "epsilon" (Ho et al.) or "v" (Salimans & Ho).
         widths, blocks_per_level, attention_levels: the U-Net (`build_unet`).
         ema_decay: decay of the exponential moving average of the weights, in [0, 1).
@@ -335,7 +325,7 @@ class DiffusionModel(GenerativeModel):
     def _sampling_step(self, x, row, times, labels, guidance, prev_x0, options):
         """One sampler step, compiled once per (shapes, `options`): predict, then update.
 
-        Tensors: `x` `(B, H, W, C)`, `row` a plan row `(len(COEFFICIENTS),)`, `times` `(B,)`,
+        Tensors: `x` `(B, H, W, C)`, `row` a plan row `(len(schedule.COEFFICIENTS),)`, `times` `(B,)`,
         `labels` int32 `(B,)` or None, `guidance` a scalar, `prev_x0` like `x` or None;
         `options` a `StepOptions` (Python flags). Returns `(x_next, pred_x0)`.
         """

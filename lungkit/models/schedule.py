@@ -1,7 +1,8 @@
 """Diffusion maths as pure functions: noise schedules and sampler update rules (numpy, float64).
 
 No Keras at import time: `lungkit.models.diffusion` (pixel space) and `lungkit.models.latent` (latent
-space) build their models on these functions, and `lungkit.models.diffusion` re-exports them.
+space) build their models on these functions. Each sampler is a `SamplingPlan`: one row of
+named coefficients (`StepCoefficients`) per step, all applied by the one `denoising_update`.
 
 - Ho et al. (2020), "Denoising Diffusion Probabilistic Models" (DDPM): the forward process and
   ancestral sampling with the posterior of their eq. (7).
