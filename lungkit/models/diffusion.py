@@ -325,9 +325,9 @@ class DiffusionModel(GenerativeModel):
     def _sampling_step(self, x, row, times, labels, guidance, prev_x0, options):
         """One sampler step, compiled once per (shapes, `options`): predict, then update.
 
-        Tensors: `x` `(B, H, W, C)`, `row` a plan row `(len(schedule.COEFFICIENTS),)`, `times` `(B,)`,
-        `labels` int32 `(B,)` or None, `guidance` a scalar, `prev_x0` like `x` or None;
-        `options` a `StepOptions` (Python flags). Returns `(x_next, pred_x0)`.
+        Tensors: `x` `(B, H, W, C)`, `row` a plan row (`SamplingPlan.coefficients[k]`),
+        `times` `(B,)`, `labels` int32 `(B,)` or None, `guidance` a scalar, `prev_x0` like
+        `x` or None; `options` a `StepOptions` (Python flags). Returns `(x_next, pred_x0)`.
         """
         step = StepCoefficients.from_row(row)
         pred_x0, pred_eps = self._denoise(x, step, times, labels, guidance, options)

@@ -410,7 +410,7 @@ class NoiseSchedule:
             h = lambda_[i + 1] - lambda_[i]  # line 1: h_i = lambda_t - lambda_s0
             phi = -alpha_t * np.expm1(-h)  # -alpha_t (e^{-h} - 1)
             if i == 0:
-                # Line 4 (first order, i.e. DDIM): x_t = sigma_t / sigma_s0 x - alpha_t (e^{-h} - 1) x0_s0
+                # Line 4, first order (DDIM): x_t = sigma_t / sigma_s0 x - alpha_t (e^-h - 1) x0_s0
                 steps.append(StepCoefficients(alpha_s0, sigma_s0, x=sigma_t / sigma_s0, x0=phi))
                 continue
             r = (lambda_[i] - lambda_[i - 1]) / h  # line 7: r_i = h_{i-1} / h_i

@@ -78,7 +78,8 @@ GOLDEN_SAMPLES = [
 
 
 @pytest.mark.parametrize("prediction, num_classes, n, arguments, golden", GOLDEN_SAMPLES,
-                         ids=[f"{c[0]}-{c[3]['sampler']}-{i}" for i, c in enumerate(GOLDEN_SAMPLES)])
+                         ids=[f"{case[0]}-{case[3]['sampler']}-{i}"
+                              for i, case in enumerate(GOLDEN_SAMPLES)])
 def test_golden_sample_with_a_fixed_network(prediction, num_classes, n, arguments, golden):
     model = DiffusionModel(image_size=4, channels=1, timesteps=50, schedule="linear",
                            prediction=prediction, widths=(8,), blocks_per_level=1,
