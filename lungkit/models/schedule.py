@@ -356,7 +356,7 @@ class NoiseSchedule:
     def _ddim_step_coefficients(self, t, t_prev, eta):
         """DDIM from t to t_prev (Song et al. 2021), in diffusers' `DDIMScheduler.step` names."""
         alpha_prod_t, alpha_prod_t_prev = float(self.alpha_bar(t)), float(self.alpha_bar(t_prev))
-        # (16) sigma_t(eta)^2 = eta^2 (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)
+        # (16) sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev))
         variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) \
             * (1 - alpha_prod_t / alpha_prod_t_prev)
         std_dev_t = eta * math.sqrt(max(variance, 0.0))
@@ -403,7 +403,8 @@ class NoiseSchedule:
         for i in range(len(ts)):
             alpha_s0, sigma_s0 = alpha[i], sigma[i]
             if i == len(ts) - 1:
-                # Line 4 into t = -1 (sigma_t = 0, alpha_t = 1, h = inf): x_t = x_theta exactly.
+                # Line 4's first-order form into t = -1 (sigma_t = 0, alpha_t = 1, h = inf):
+                # x_t = x_theta exactly (diffusers' lower-order final step, sigma zero).
                 steps.append(StepCoefficients(alpha_s0, sigma_s0, x0=1.0))
                 continue
             alpha_t, sigma_t = alpha[i + 1], sigma[i + 1]
