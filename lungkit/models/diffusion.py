@@ -2,9 +2,10 @@
 
 Training follows Ho et al. (2020): a random timestep per image, Gaussian noise, and the MSE of
 the network's noise (or v, Salimans & Ho 2022) prediction. Sampling runs one compiled step
-function in a Python loop over a `SamplingPlan` from `lungkit.models.schedule` (whose maths,
-notation table and references are re-exported here). Classifier-free guidance follows Ho &
-Salimans (2022), with `guidance` = w in
+function (a predict step, then an update step) in a Python loop over a `SamplingPlan`; the
+plans, update rule, notation table and references live in `lungkit.models.schedule`.
+`sample_progressive` yields every step of that loop; `sample` and `generate` keep the last.
+Classifier-free guidance follows Ho & Salimans (2022), with `guidance` = w in
 
     eps = eps_uncond + w * (eps_cond - eps_uncond),
 
@@ -13,7 +14,9 @@ so w = 0 is unconditional sampling, w = 1 conditional sampling, w > 1 guided sam
 Images are in [-1, 1] inside the model and float32 [0, 1] at its public boundary.
 """
 
+import dataclasses
 import logging
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -22,22 +25,12 @@ from keras import ops
 from tqdm.auto import tqdm
 
 from lungkit.models.base import GenerativeModel
-from lungkit.models.schedule import (  # noqa: F401  (re-exported: the public schedule API)
-    COEFFICIENTS,
+from lungkit.models.schedule import (
     PREDICTIONS,
-    SAMPLERS,
-    SCHEDULES,
-    SPACINGS,
     NoiseSchedule,
-    SamplingPlan,
-    cosine_alpha_bar,
-    cosine_schedule,
-    ddim_timesteps,
+    StepCoefficients,
     denoising_update,
-    dpm_solver_timesteps,
     eps_from_velocity,
-    eps_from_x0,
-    linear_schedule,
     velocity,
     x0_from_eps,
     x0_from_velocity,
@@ -99,6 +92,47 @@ def update_ema(ema_variables, variables, decay):
         context.merge_call(update)
 
 
+class StepOptions(NamedTuple):
+    """The Python flags of the compiled sampling step: each combination is traced once.
+
+    A NamedTuple, so `tf.function` keys its traces on the values (not on the object).
+
+    Attributes:
+        use_ema: call the EMA network (else the online one).
+        guided: classifier-free guidance, two network passes (a label and w not in {0, 1}).
+        clip: clip `pred_x0` to [-1, 1] (diffusers' `clip_sample`).
+        stochastic: add fresh noise from `sampling_seeds` (the step's `noise` coefficient > 0).
+    """
+
+    use_ema: bool
+    guided: bool
+    clip: bool
+    stochastic: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingStep:
+    """One step of `DiffusionModel.sample_progressive` on one batch of images.
+
+    Attributes:
+        start: index, among the `n` images asked for, of this batch's first image.
+        count: real images in this batch; the rows after them pad the last batch.
+        index: the step, 0 .. len(plan) - 1; `final` is True on the last one.
+        timestep: t of this step's network call.
+        x: float32 tensor `(batch, H, W, C)`, the sample after this step, in model space
+            (the batch's output when `final`).
+        pred_x0: float32 tensor like `x`, this step's estimate of the clean image.
+    """
+
+    start: int
+    count: int
+    index: int
+    timestep: int
+    final: bool
+    x: object
+    pred_x0: object
+
+
 @keras.saving.register_keras_serializable(package="lungkit")
 class DiffusionModel(GenerativeModel):
     """A pixel-space DDPM with EMA weights, sampled by DDPM, DDIM or DPM-Solver++(2M).
@@ -107,7 +141,7 @@ class DiffusionModel(GenerativeModel):
         image_size: height and width of the images.
         channels: image channels (1 or 3 for CT).
         timesteps: T, the number of diffusion steps.
-        schedule: a key of `SCHEDULES` ("cosine" or "linear").
+        schedule: a key of `lungkit.models.schedule.SCHEDULES` ("cosine" or "linear").
         prediction: what the network predicts: "epsilon" (Ho et al.) or "v" (Salimans & Ho).
         widths, blocks_per_level, attention_levels: the U-Net (`build_unet`).
         ema_decay: decay of the exponential moving average of the weights, in [0, 1).
@@ -243,48 +277,76 @@ class DiffusionModel(GenerativeModel):
         update_ema(self.ema_network.weights, self.network.weights, self.ema_decay)
 
     # -- sampling -----------------------------------------------------------------------
-    def _step(self, x, row, times, labels, guidance, prev_x0, guided, stochastic, use_ema,
-              clip):
-        """One sampler step (compiled): network call, guidance, conversion, update.
+    def _guided_output(self, network, x, times, labels, guidance, guided):
+        """The network's eps (or v) at `x`, float32, with classifier-free guidance.
 
-        Tensors: `x` `(B, H, W, C)`, `row` a plan row `(len(COEFFICIENTS),)`, `times` `(B,)`
-        in [0, 1), `labels` int32 `(B,)` or None, `guidance` a scalar, `prev_x0` like `x` or
-        None. Python flags (one trace each): `guided` (two-pass guidance), `stochastic` (draw
-        fresh noise from `sampling_seeds`), `use_ema`, `clip` (clip `pred_x0` to [-1, 1]).
-        Returns `(x_next, pred_x0)`.
+        Tensors: `x` `(B, H, W, C)`, `times` `(B,)` in [0, 1), `labels` int32 `(B,)` or None
+        (an unconditional network), `guidance` a scalar. With `guided`, one pass on `[x, x]`
+        with `[labels, no label]`, mixed as `uncond + guidance * (cond - uncond)`.
         """
-        network = self.ema_network if use_ema else self.network
-        signal_rate, noise_rate = row[0], row[1]
         if labels is None:
-            output = network([x, times], training=False)
-        elif guided:  # one pass on [x, x] with [labels, no label]
-            null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
-            both = network([ops.concatenate([x, x], 0), ops.concatenate([times, times], 0),
-                            ops.concatenate([labels, null], 0)], training=False)
-            conditional, unconditional = ops.split(ops.cast(both, "float32"), 2, axis=0)
-            output = unconditional + guidance * (conditional - unconditional)
-        else:
-            output = network([x, times, labels], training=False)
-        output = ops.cast(output, "float32")
+            return ops.cast(network([x, times], training=False), "float32")
+        if not guided:
+            return ops.cast(network([x, times, labels], training=False), "float32")
+        null = ops.full(ops.shape(labels), self.num_classes, dtype="int32")
+        both = network([ops.concatenate([x, x], 0), ops.concatenate([times, times], 0),
+                        ops.concatenate([labels, null], 0)], training=False)
+        conditional, unconditional = ops.split(ops.cast(both, "float32"), 2, axis=0)
+        return unconditional + guidance * (conditional - unconditional)
+
+    def _denoise(self, x, step, times, labels, guidance, options):
+        """The predict step: `(pred_x0, pred_eps)` at `x`, both like `x`, in model space.
+
+        `step` is the step's `StepCoefficients` (its rates convert eps or v); `options` a
+        `StepOptions`. With `options.clip`, `pred_x0` is clipped to [-1, 1] and `pred_eps`
+        keeps the unclipped estimate (diffusers' default).
+        """
+        network = self.ema_network if options.use_ema else self.network
+        output = self._guided_output(network, x, times, labels, guidance, options.guided)
         if self.prediction == "epsilon":
-            pred_x0 = x0_from_eps(x, output, signal_rate, noise_rate)
+            pred_x0, pred_eps = x0_from_eps(x, output, step.signal_rate, step.noise_rate), output
         else:
-            pred_x0 = x0_from_velocity(x, output, signal_rate, noise_rate)
-        if clip:
+            pred_x0 = x0_from_velocity(x, output, step.signal_rate, step.noise_rate)
+            pred_eps = eps_from_velocity(x, output, step.signal_rate, step.noise_rate)
+        if options.clip:
             pred_x0 = ops.clip(pred_x0, -1.0, 1.0)
-        # diffusers' default: the direction term keeps the unclipped noise estimate.
-        pred_eps = output if self.prediction == "epsilon" else \
-            eps_from_velocity(x, output, signal_rate, noise_rate)
+        return pred_x0, pred_eps
+
+    def _update(self, x, pred_x0, pred_eps, prev_x0, step, stochastic):
+        """The update step: `x_next` by `denoising_update`, with fresh noise if `stochastic`.
+
+        The noise comes from `sampling_seeds`; `prev_x0` is the previous step's `pred_x0`
+        (multistep plans) or None.
+        """
         noise = keras.random.normal(ops.shape(x), seed=self.sampling_seeds) if stochastic \
             else None
-        return denoising_update(x, pred_x0, pred_eps, prev_x0, noise, row), pred_x0
+        return denoising_update(x, pred_x0, pred_eps, prev_x0, noise, step)
 
-    def sample(self, n, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
-               guidance=None, spacing=None, batch_size=32, progress=True, use_ema=True,
-               clip_denoised=True):
-        """Runs a sampler from pure noise; returns float32 `(n, H, W, C)` in model space [-1, 1].
+    def _sampling_step(self, x, row, times, labels, guidance, prev_x0, options):
+        """One sampler step, compiled once per (shapes, `options`): predict, then update.
 
-        See `generate` for the arguments.
+        Tensors: `x` `(B, H, W, C)`, `row` a plan row (`SamplingPlan.coefficients[k]`),
+        `times` `(B,)`, `labels` int32 `(B,)` or None, `guidance` a scalar, `prev_x0` like
+        `x` or None; `options` a `StepOptions` (Python flags). Returns `(x_next, pred_x0)`.
+        """
+        step = StepCoefficients.from_row(row)
+        pred_x0, pred_eps = self._denoise(x, step, times, labels, guidance, options)
+        return self._update(x, pred_x0, pred_eps, prev_x0, step, options.stochastic), pred_x0
+
+    def sample_progressive(self, n, *, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
+                           guidance=None, spacing=None, batch_size=32, progress=True,
+                           use_ema=True, clip_denoised=True):
+        """Runs a sampler from pure noise and yields every step of every batch.
+
+        Arguments as in `generate`; they are checked here, before the first step. Batches of
+        `batch_size` images (the last one padded) run one after the other through all steps,
+        from the same noise stream as `sample`, so each batch's final `x` is what `sample`
+        returns (in model space [-1, 1]).
+
+        Yields:
+            `SamplingStep`s, batch by batch and step by step, `len(plan)` per batch. Their
+            `x` and `pred_x0` are the compiled step's output tensors (keep them as they are,
+            or `keras.ops.convert_to_numpy` the ones a caller keeps).
         """
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"`n` must be a positive integer. Received: n={n!r}")
@@ -292,64 +354,90 @@ class DiffusionModel(GenerativeModel):
             raise ValueError(f"`batch_size` must be a positive integer. "
                              f"Received: batch_size={batch_size!r}")
         plan = self.schedule.plan(sampler, steps, eta, spacing)
-        labels, guidance = self._sampling_labels(n, label, guidance)
+        labels, guidance, guided = self._sampling_labels(n, label, guidance)
         logger.info("Sampling %d images with %s: %d network calls per batch of %d, %s weights",
                     n, sampler, len(plan), min(batch_size, n), "EMA" if use_ema else "online")
-        guided = labels is not None and guidance not in (0.0, 1.0)
-        if labels is not None and guidance == 0.0:
-            labels = np.full(n, self.num_classes, dtype=np.int32)  # w = 0: unconditional
+        options = [StepOptions(use_ema=use_ema, guided=guided, clip=clip_denoised,
+                               stochastic=bool(StepCoefficients.from_row(row).noise > 0))
+                   for row in plan.coefficients]
+        return self._sampling_loop(n, min(batch_size, n), plan, options, labels, guidance,
+                                   seed, f"{sampler} sampling" if progress else None)
+
+    def _sampling_loop(self, n, chunk, plan, options, labels, guidance, seed, bar_title):
+        """The generator behind `sample_progressive` (its arguments checked there).
+
+        Runs `n` images in batches of `chunk` through `plan`, one compiled graph call per
+        step: every per-step input is a tensor made once, before the loop. `bar_title` None
+        hides the progress bar.
+        """
         if self._compiled_step is None:
-            # One traced graph per (shape, flags); the Python loop feeds it tensors only.
-            self._compiled_step = tf.function(self._step, reduce_retracing=True)
+            # One traced graph per (shapes, options); the Python loop feeds it tensors only.
+            self._compiled_step = tf.function(self._sampling_step, reduce_retracing=True)
         if seed is not None:
             state = self.sampling_seeds.state
             state.assign(ops.convert_to_tensor([int(seed), 0], dtype=state.dtype))
-        chunk = min(batch_size, n)
-        # Every per-step input is a tensor made once here: the loop only calls the graph.
         rows = [ops.convert_to_tensor(row, dtype="float32") for row in plan.coefficients]
         times = [ops.full((chunk,), t / self.timesteps, dtype="float32") for t in plan.timesteps]
         guidance = ops.convert_to_tensor(guidance, dtype="float32")
-        stochastic = plan.coefficients[:, COEFFICIENTS.index("noise")] > 0
-        shape = (chunk, self.image_size, self.image_size, self.channels)
-        outputs = []
-        bar = tqdm(total=len(plan) * -(-n // chunk), desc=f"{sampler} sampling",
-                   disable=not progress, unit="step")
-        for start in range(0, n, chunk):
-            x = keras.random.normal(shape, seed=self.sampling_seeds)
-            chunk_labels = None
-            if labels is not None:  # pad the last chunk to a fixed shape
-                chunk_labels = np.resize(labels[start:start + chunk], chunk)
-                chunk_labels = ops.convert_to_tensor(chunk_labels, dtype="int32")
-            prev_x0 = ops.zeros(shape) if sampler == "dpm++" else None
-            for k in range(len(plan)):
-                x, pred_x0 = self._compiled_step(x, rows[k], times[k], chunk_labels, guidance,
-                                                 prev_x0, guided, bool(stochastic[k]), use_ema,
-                                                 clip_denoised)
-                if prev_x0 is not None:
-                    prev_x0 = pred_x0
-                bar.update(1)
-            outputs.append(ops.convert_to_numpy(x)[: n - start])
-        bar.close()
+        shape, multistep = (chunk, self.image_size, self.image_size, self.channels), plan.multistep
+        with tqdm(total=len(plan) * -(-n // chunk), desc=bar_title, disable=bar_title is None,
+                  unit="step") as bar:
+            for start in range(0, n, chunk):
+                x = keras.random.normal(shape, seed=self.sampling_seeds)
+                chunk_labels = None
+                if labels is not None:  # pad the last chunk to a fixed shape
+                    chunk_labels = ops.convert_to_tensor(np.resize(labels[start:start + chunk],
+                                                                   chunk), dtype="int32")
+                prev_x0 = ops.zeros(shape) if multistep else None
+                for k, t in enumerate(plan.timesteps):
+                    x, pred_x0 = self._compiled_step(x, rows[k], times[k], chunk_labels,
+                                                     guidance, prev_x0, options[k])
+                    prev_x0 = pred_x0 if multistep else None
+                    bar.update(1)
+                    yield SamplingStep(start=start, count=min(chunk, n - start), index=k,
+                                       timestep=int(t), final=k == len(plan) - 1, x=x,
+                                       pred_x0=pred_x0)
+
+    def sample(self, n, *, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
+               guidance=None, spacing=None, batch_size=32, progress=True, use_ema=True,
+               clip_denoised=True):
+        """Runs a sampler from pure noise; returns float32 `(n, H, W, C)` in model space [-1, 1].
+
+        Drains `sample_progressive`, keeping each batch's final step. See `generate` for the
+        arguments.
+        """
+        chain = self.sample_progressive(n, steps=steps, sampler=sampler, eta=eta, seed=seed,
+                                        label=label, guidance=guidance, spacing=spacing,
+                                        batch_size=batch_size, progress=progress,
+                                        use_ema=use_ema, clip_denoised=clip_denoised)
+        outputs = [ops.convert_to_numpy(step.x)[:step.count] for step in chain if step.final]
         return np.concatenate(outputs).astype("float32")
 
     def _sampling_labels(self, n, label, guidance):
-        """`(labels int32 (n,) or None, guidance float)` with the documented defaults."""
+        """`(labels int32 (n,) or None, guidance float, guided bool)` with the documented defaults.
+
+        `guided` (two network passes) when a label comes with w not in {0, 1}; w = 0 samples
+        unconditionally, so its labels are all "no label".
+        """
         if label is None:
             if guidance not in (None, 0, 0.0):
                 raise ValueError(f"`guidance` needs a `label`. Received: guidance={guidance}, "
                                  f"label=None")
             if self.num_classes is None:
-                return None, 0.0
-            return np.full(n, self.num_classes, dtype=np.int32), 0.0
+                return None, 0.0, False
+            return np.full(n, self.num_classes, dtype=np.int32), 0.0, False
         if self.num_classes is None:
             raise ValueError(f"`label` needs a model built with `num_classes`. "
                              f"Received: label={label!r}, num_classes=None")
         guidance = 1.0 if guidance is None else float(guidance)
         if guidance < 0:
             raise ValueError(f"`guidance` must be >= 0. Received: guidance={guidance}")
-        return resolve_labels(label, n, self.num_classes), guidance
+        labels = resolve_labels(label, n, self.num_classes)
+        if guidance == 0.0:
+            return np.full(n, self.num_classes, dtype=np.int32), 0.0, False
+        return labels, guidance, guidance != 1.0
 
-    def generate(self, n, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
+    def generate(self, n, *, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
                  guidance=None, spacing=None, batch_size=32, progress=True, use_ema=True,
                  clip_denoised=True):
         """Generates `n` images from pure noise.
@@ -376,6 +464,7 @@ class DiffusionModel(GenerativeModel):
         Returns:
             float32 `(n, image_size, image_size, channels)` in [0, 1].
         """
-        images = self.sample(n, steps, sampler, eta, seed, label, guidance, spacing,
-                             batch_size, progress, use_ema, clip_denoised)
+        images = self.sample(n, steps=steps, sampler=sampler, eta=eta, seed=seed, label=label,
+                             guidance=guidance, spacing=spacing, batch_size=batch_size,
+                             progress=progress, use_ema=use_ema, clip_denoised=clip_denoised)
         return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype("float32")

@@ -211,7 +211,7 @@ class LatentDiffusion(GenerativeModel):
             self.autoencoder.compute_scale_factor(data)
 
     # -- sampling ------------------------------------------------------------------------
-    def generate(self, n, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
+    def generate(self, n, *, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
                  guidance=None, spacing=None, batch_size=32, progress=True, use_ema=True):
         """Samples latents with the diffusion model and decodes them.
 

@@ -1,7 +1,8 @@
 """Diffusion maths as pure functions: noise schedules and sampler update rules (numpy, float64).
 
 No Keras at import time: `lungkit.models.diffusion` (pixel space) and `lungkit.models.latent` (latent
-space) build their models on these functions, and `lungkit.models.diffusion` re-exports them.
+space) build their models on these functions. Each sampler is a `SamplingPlan`: one row of
+named coefficients (`StepCoefficients`) per step, all applied by the one `denoising_update`.
 
 - Ho et al. (2020), "Denoising Diffusion Probabilistic Models" (DDPM): the forward process and
   ancestral sampling with the posterior of their eq. (7).
@@ -145,10 +146,43 @@ def eps_from_velocity(x_t, v, signal_rate, noise_rate):
 
 # ----------------------------------------------------------------------------------------
 # Samplers as tables of coefficients: one row per step, the same update for all of them:
-#   x_next = c_x * x_t + c_x0 * pred_x0 + c_eps * pred_eps + c_prev_x0 * pred_x0_prev
-#            + c_noise * z,   z ~ N(0, I)
+#   x_next = x * x_t + x0 * pred_x0 + eps * pred_eps + prev_x0 * pred_x0_prev + noise * z,
+#   z ~ N(0, I), each sampler's rows built from its paper's named quantities.
 # ----------------------------------------------------------------------------------------
-COEFFICIENTS = ("signal_rate", "noise_rate", "x", "x0", "eps", "prev_x0", "noise")
+@dataclasses.dataclass(frozen=True)
+class StepCoefficients:
+    """One sampler step as named numbers: the rates at its timestep and its update weights.
+
+    Attributes:
+        signal_rate, noise_rate: sqrt(alpha-bar_t) and sqrt(1 - alpha-bar_t) at the step's
+            timestep t, which turn the network's eps or v into `pred_x0`.
+        x, x0, eps, prev_x0, noise: the weights of `x_t`, `pred_x0`, `pred_eps`, the previous
+            step's `pred_x0` (multistep solvers) and fresh noise `z` in `x_next`.
+
+    The fields hold floats when a plan is built and scalar tensors inside a compiled step
+    (`from_row` of a tensor row).
+    """
+
+    signal_rate: float
+    noise_rate: float
+    x: float = 0.0
+    x0: float = 0.0
+    eps: float = 0.0
+    prev_x0: float = 0.0
+    noise: float = 0.0
+
+    def to_row(self):
+        """float64 `(len(COEFFICIENTS),)`: the fields in `COEFFICIENTS` order (a plan row)."""
+        return np.array([getattr(self, name) for name in COEFFICIENTS], dtype=np.float64)
+
+    @classmethod
+    def from_row(cls, row):
+        """The named view of a plan row: an array or a tensor `(len(COEFFICIENTS),)`."""
+        return cls(*(row[i] for i in range(len(COEFFICIENTS))))
+
+
+# The columns of `SamplingPlan.coefficients`: `StepCoefficients`' fields, in order.
+COEFFICIENTS = tuple(field.name for field in dataclasses.fields(StepCoefficients))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,33 +192,51 @@ class SamplingPlan:
     Attributes:
         timesteps: int64 `(K,)`, descending: the timestep of the network call at each step.
         coefficients: float64 `(K, len(COEFFICIENTS))`, one row per step, columns named by
-            `COEFFICIENTS`; the first two are the rates at `timesteps[k]`.
-        stochastic: whether any step adds fresh noise (`c_noise > 0`).
+            `COEFFICIENTS` (`StepCoefficients.from_row` gives a row its names).
+        stochastic: whether any step adds fresh noise (`noise > 0`).
+        multistep: whether any step uses the previous step's `pred_x0` (`prev_x0 != 0`).
     """
 
     timesteps: np.ndarray
     coefficients: np.ndarray
 
+    @classmethod
+    def from_steps(cls, timesteps, steps):
+        """A plan from the timesteps `(K,)` and one `StepCoefficients` per step."""
+        return cls(np.asarray(timesteps, dtype=np.int64),
+                   np.stack([step.to_row() for step in steps]))
+
     @property
     def stochastic(self):
         return bool(np.any(self.coefficients[:, COEFFICIENTS.index("noise")] > 0))
+
+    @property
+    def multistep(self):
+        return bool(np.any(self.coefficients[:, COEFFICIENTS.index("prev_x0")] != 0))
 
     def __len__(self):
         return len(self.timesteps)
 
 
-def denoising_update(x_t, pred_x0, pred_eps, pred_x0_prev, noise, row):
-    """Applies one plan row: `x_next` from the current sample and the model's predictions.
+def denoising_update(x_t, pred_x0, pred_eps, pred_x0_prev, noise, step):
+    """Applies one plan step: `x_next` from the current sample and the model's predictions.
 
-    `row` is one row of `SamplingPlan.coefficients` (numbers or a float tensor); `noise` and
-    `pred_x0_prev` may be None where their coefficient is 0. Works on numpy and tensors.
+    Args:
+        x_t, pred_x0, pred_eps: arrays or tensors `(B, ...)` of one shape.
+        pred_x0_prev: the previous step's `pred_x0`, or None where `step.prev_x0` is 0.
+        noise: standard normal like `x_t`, or None where `step.noise` is 0.
+        step: a `StepCoefficients`, or a plan row (numbers or a float tensor).
+
+    Returns:
+        `x_next`, like `x_t` (numpy in, numpy out; tensor in, tensor out).
     """
-    _, _, c_x, c_x0, c_eps, c_prev, c_noise = (row[i] for i in range(len(COEFFICIENTS)))
-    x_next = c_x * x_t + c_x0 * pred_x0 + c_eps * pred_eps
+    if not isinstance(step, StepCoefficients):
+        step = StepCoefficients.from_row(step)
+    x_next = step.x * x_t + step.x0 * pred_x0 + step.eps * pred_eps
     if pred_x0_prev is not None:
-        x_next = x_next + c_prev * pred_x0_prev
+        x_next = x_next + step.prev_x0 * pred_x0_prev
     if noise is not None:
-        x_next = x_next + c_noise * noise
+        x_next = x_next + step.noise * noise
     return x_next
 
 
@@ -265,22 +317,14 @@ class NoiseSchedule:
         """
         if eta > 0 and noise is None:
             raise ValueError(f"`noise` is required when eta > 0. Received: eta={eta}, noise=None")
-        row = self._ddim_row(t, t_prev, eta)
-        pred_x0 = x0_from_eps(x_t, eps, row[0], row[1])
+        step = self._ddim_step_coefficients(t, t_prev, eta)
+        pred_x0 = x0_from_eps(x_t, eps, step.signal_rate, step.noise_rate)
         if clip_sample:
             pred_x0 = np.clip(pred_x0, -1, 1) if isinstance(pred_x0, np.ndarray) \
                 else _clip(pred_x0)
-        return denoising_update(x_t, pred_x0, eps, None, noise if eta > 0 else None, row)
+        return denoising_update(x_t, pred_x0, eps, None, noise if eta > 0 else None, step)
 
     # -- plans --------------------------------------------------------------------------
-    def _ddim_row(self, t, t_prev, eta):
-        abar_t, abar_prev = float(self.alpha_bar(t)), float(self.alpha_bar(t_prev))
-        variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)  # eq. (16)
-        std = eta * math.sqrt(max(variance, 0.0))
-        direction = math.sqrt(max(1 - abar_prev - std**2, 0.0))
-        return np.array([math.sqrt(abar_t), math.sqrt(1 - abar_t), 0.0,
-                         math.sqrt(abar_prev), direction, 0.0, std])
-
     def plan(self, sampler="ddim", steps=50, eta=0.0, spacing=None):
         """The `SamplingPlan` of a sampler.
 
@@ -298,52 +342,84 @@ class NoiseSchedule:
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"`eta` must be in [0, 1]. Received: eta={eta}")
         if sampler == "ddpm":
-            return self._ddpm_plan()
+            ts = np.arange(self.timesteps - 1, -1, -1, dtype=np.int64)
+            return SamplingPlan.from_steps(ts, [self._ddpm_step_coefficients(t) for t in ts])
         if sampler == "ddim":
             ts = self.ddim_timesteps(steps, spacing or "leading")
             prev = np.append(ts[1:], -1)
-            rows = [self._ddim_row(t, p, eta) for t, p in zip(ts, prev, strict=True)]
-            return SamplingPlan(ts, np.stack(rows))
+            return SamplingPlan.from_steps(ts, [self._ddim_step_coefficients(t, p, eta)
+                                                for t, p in zip(ts, prev, strict=True)])
         ts = self.ddim_timesteps(steps, spacing) if spacing else \
             dpm_solver_timesteps(self.timesteps, steps)
-        return self._dpm_solver_plan(ts)
+        return SamplingPlan.from_steps(ts, self._dpm_solver_steps(ts))
 
-    def _ddpm_plan(self):
-        ts = np.arange(self.timesteps - 1, -1, -1, dtype=np.int64)
-        rows = []
-        for t in ts:
-            abar_t, abar_prev = float(self.alpha_bar(t)), float(self.alpha_bar(t - 1))
-            beta_t = float(self.betas[t])
-            # Ho et al. eq. (7): posterior mean and variance of q(x_{t-1} | x_t, x_0).
-            c_x0 = math.sqrt(abar_prev) * beta_t / (1 - abar_t)
-            c_x = math.sqrt(1 - beta_t) * (1 - abar_prev) / (1 - abar_t)
-            variance = max((1 - abar_prev) / (1 - abar_t) * beta_t, MIN_POSTERIOR_VARIANCE)
-            std = math.sqrt(variance) if t > 0 else 0.0
-            rows.append([math.sqrt(abar_t), math.sqrt(1 - abar_t), c_x, c_x0, 0.0, 0.0, std])
-        return SamplingPlan(ts, np.asarray(rows))
+    def _ddim_step_coefficients(self, t, t_prev, eta):
+        """DDIM from t to t_prev (Song et al. 2021), in diffusers' `DDIMScheduler.step` names."""
+        alpha_prod_t, alpha_prod_t_prev = float(self.alpha_bar(t)), float(self.alpha_bar(t_prev))
+        # (16) sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev))
+        variance = (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) \
+            * (1 - alpha_prod_t / alpha_prod_t_prev)
+        std_dev_t = eta * math.sqrt(max(variance, 0.0))
+        # (12) x_prev = sqrt(abar_prev) pred_x0 + sqrt(1 - abar_prev - sigma_t^2) eps + sigma_t z
+        pred_sample_direction = math.sqrt(max(1 - alpha_prod_t_prev - std_dev_t**2, 0.0))
+        return StepCoefficients(signal_rate=math.sqrt(alpha_prod_t),
+                                noise_rate=math.sqrt(1 - alpha_prod_t),
+                                x0=math.sqrt(alpha_prod_t_prev), eps=pred_sample_direction,
+                                noise=std_dev_t)
 
-    def _dpm_solver_plan(self, ts):
-        """DPM-Solver++(2M), Lu et al. (2022) Algorithm 2, with h_i = lambda_{t_i} - lambda_{s}."""
-        signal, noise = self.rates(ts)
-        log_snr = np.log(signal) - np.log(noise)
-        rows = []
+    def _ddpm_step_coefficients(self, t):
+        """Ancestral DDPM from t to t-1: Ho et al. (2020) eq. (7), diffusers' `DDPMScheduler`.
+
+        The posterior q(x_{t-1} | x_t, x_0) has mean `pred_original_sample_coeff * x_0 +
+        current_sample_coeff * x_t` and variance `beta-tilde_t` ("fixed_small"); no noise at
+        t = 0, where the sample is the posterior mean.
+        """
+        alpha_prod_t, alpha_prod_t_prev = float(self.alpha_bar(t)), float(self.alpha_bar(t - 1))
+        beta_t = float(self.betas[t])
+        alpha_t = 1 - beta_t
+        # (7) mu-tilde_t = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x_0
+        #                  + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
+        pred_original_sample_coeff = math.sqrt(alpha_prod_t_prev) * beta_t / (1 - alpha_prod_t)
+        current_sample_coeff = math.sqrt(alpha_t) * (1 - alpha_prod_t_prev) / (1 - alpha_prod_t)
+        # (7) beta-tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t
+        variance = max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * beta_t,
+                       MIN_POSTERIOR_VARIANCE)
+        return StepCoefficients(signal_rate=math.sqrt(alpha_prod_t),
+                                noise_rate=math.sqrt(1 - alpha_prod_t),
+                                x=current_sample_coeff, x0=pred_original_sample_coeff,
+                                noise=math.sqrt(variance) if t > 0 else 0.0)
+
+    def _dpm_solver_steps(self, ts):
+        """DPM-Solver++(2M) over `ts` then t = -1: Lu et al. (2022) Algorithm 2, line by line.
+
+        In diffusers' names (`DPMSolverMultistepScheduler`, midpoint, data prediction): step i
+        goes from s0 = ts[i] to t = ts[i + 1] (or -1), s1 = ts[i - 1] is the step before, with
+        `alpha`, `sigma` the signal and noise rates and `lambda = log(alpha / sigma)`.
+        Returns one `StepCoefficients` per entry of `ts`.
+        """
+        alpha, sigma = self.rates(ts)
+        lambda_ = np.log(alpha) - np.log(sigma)
+        steps = []
         for i in range(len(ts)):
-            row = [signal[i], noise[i], 0.0, 0.0, 0.0, 0.0, 0.0]
-            if i == len(ts) - 1:  # to t = -1, where noise_rate = 0: x_0 = pred_x0 exactly
-                row[3] = 1.0
-            else:
-                h = log_snr[i + 1] - log_snr[i]
-                row[2] = noise[i + 1] / noise[i]
-                phi = -signal[i + 1] * np.expm1(-h)  # -alpha_t (e^{-h} - 1)
-                if i == 0:  # first step: first order (DDIM)
-                    row[3] = phi
-                else:
-                    r = (log_snr[i] - log_snr[i - 1]) / h
-                    # D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
-                    row[3] = phi * (1 + 0.5 / r)
-                    row[5] = -phi * 0.5 / r
-            rows.append(row)
-        return SamplingPlan(ts, np.asarray(rows, dtype=np.float64))
+            alpha_s0, sigma_s0 = alpha[i], sigma[i]
+            if i == len(ts) - 1:
+                # Line 4's first-order form into t = -1 (sigma_t = 0, alpha_t = 1, h = inf):
+                # x_t = x_theta exactly (diffusers' lower-order final step, sigma zero).
+                steps.append(StepCoefficients(alpha_s0, sigma_s0, x0=1.0))
+                continue
+            alpha_t, sigma_t = alpha[i + 1], sigma[i + 1]
+            h = lambda_[i + 1] - lambda_[i]  # line 1: h_i = lambda_t - lambda_s0
+            phi = -alpha_t * np.expm1(-h)  # -alpha_t (e^{-h} - 1)
+            if i == 0:
+                # Line 4, first order (DDIM): x_t = sigma_t / sigma_s0 x - alpha_t (e^-h - 1) x0_s0
+                steps.append(StepCoefficients(alpha_s0, sigma_s0, x=sigma_t / sigma_s0, x0=phi))
+                continue
+            r = (lambda_[i] - lambda_[i - 1]) / h  # line 7: r_i = h_{i-1} / h_i
+            # Line 8: D_i = (1 + 1/(2 r_i)) x0_s0 - 1/(2 r_i) x0_s1
+            # Line 9: x_t = sigma_t / sigma_s0 x - alpha_t (e^{-h} - 1) D_i
+            steps.append(StepCoefficients(alpha_s0, sigma_s0, x=sigma_t / sigma_s0,
+                                          x0=phi * (1 + 0.5 / r), prev_x0=-phi * 0.5 / r))
+        return steps
 
 
 def _clip(tensor):

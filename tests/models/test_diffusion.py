@@ -1,232 +1,22 @@
-"""Tests for lungkit.models.schedule (diffusion maths) and lungkit.models.diffusion (the model).
+"""Tests for lungkit.models.diffusion: the pixel-space DDPM model and its sampler.
 
-Reference values come from closed forms computed here independently of the library code
-(the papers' formulas written out again), never from the code under test.
+The maths it samples with (schedules, plans, update rules) is tested in test_schedule.py;
+here, the model around it: training, EMA, saving, conditioning, and seeded sampling loops
+through `sample` with fixed stand-in networks, pinned to stored numbers.
 """
-
-import math
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from lungkit.models.diffusion import (
-    COEFFICIENTS,
-    SCHEDULES,
-    DiffusionModel,
-    NoiseSchedule,
-    ddim_timesteps,
-    denoising_update,
-    eps_from_velocity,
-    resolve_labels,
-    velocity,
-    x0_from_eps,
-    x0_from_velocity,
-)
+from lungkit.models.diffusion import DiffusionModel, StepOptions, resolve_labels
+from lungkit.models.schedule import StepCoefficients
 
-T = 1000
+MU, STD = 0.2, 0.3  # per-pixel Gaussian "data" x0 ~ N(MU, STD^2), as in test_schedule.py
 
 
-# ---------------------------------------------------------------------------- schedules
-@pytest.mark.parametrize("kind", sorted(SCHEDULES))
-def test_schedule_is_monotone_and_bounded(kind):
-    schedule = NoiseSchedule(kind, T)
-    for name in ("betas", "alphas", "alphas_cumprod"):
-        values = getattr(schedule, name)
-        assert values.dtype == np.float64 and values.shape == (T,)
-    assert np.all(np.diff(schedule.betas) >= 0)
-    assert np.all(np.diff(schedule.alphas_cumprod) < 0)
-    assert np.all((schedule.betas > 0) & (schedule.betas <= 0.999))
-    np.testing.assert_allclose(schedule.alphas, 1 - schedule.betas)
-    assert 0.999 < schedule.alphas_cumprod[0] < 1 and schedule.alphas_cumprod[-1] < 1e-4
-
-
-def test_linear_schedule_endpoints_and_final_alpha_bar():
-    schedule = NoiseSchedule("linear", T)
-    assert schedule.betas[0] == pytest.approx(1e-4) and schedule.betas[-1] == pytest.approx(0.02)
-    # alpha-bar_T = prod(1 - beta) = exp(sum log(1 - beta)) ~ 4.04e-5 for DDPM's schedule.
-    betas = [1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)]
-    expected = math.exp(sum(math.log1p(-b) for b in betas))
-    assert schedule.alphas_cumprod[-1] == pytest.approx(expected, rel=1e-9)
-    assert schedule.alphas_cumprod[-1] == pytest.approx(4.0358e-5, rel=1e-4)
-
-
-def test_cosine_schedule_matches_closed_form():
-    schedule = NoiseSchedule("cosine", T)
-
-    def f(t):  # Nichol & Dhariwal eq. (17), unnormalised
-        return math.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    betas = np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)])
-    np.testing.assert_allclose(schedule.betas, betas, rtol=1e-12, atol=1e-15)
-    assert schedule.betas[-1] == 0.999  # f(T) ~ 0, so the last beta is capped
-    # Where no beta is capped the product telescopes: alpha-bar_t = f(t + 1) / f(0).
-    unclipped = int(np.argmax(betas >= 0.999))
-    assert unclipped == T - 1
-    closed = np.array([f(t + 1) / f(0) for t in range(unclipped)])
-    np.testing.assert_allclose(schedule.alphas_cumprod[:unclipped], closed, rtol=1e-5)
-
-
-def test_schedule_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="`kind` must be one of"):
-        NoiseSchedule("quadratic")
-    with pytest.raises(ValueError, match="`timesteps` must be an integer >= 2"):
-        NoiseSchedule("linear", 1)
-
-
-def test_add_noise_mean_and_variance():
-    schedule = NoiseSchedule("linear", T)
-    rng = np.random.default_rng(0)
-    x0 = np.full((4, 200, 200, 1), 0.7)
-    noise = rng.standard_normal(x0.shape)
-    t = np.array([0, 100, 500, 999])
-    x_t = schedule.add_noise(x0, noise, t)
-    abar = np.array([np.prod(1 - schedule.betas[: i + 1]) for i in t])
-    np.testing.assert_allclose(x_t.mean(axis=(1, 2, 3)), np.sqrt(abar) * 0.7, atol=0.01)
-    np.testing.assert_allclose(x_t.var(axis=(1, 2, 3)), 1 - abar, rtol=0.03, atol=2e-4)
-    tensor = schedule.add_noise(ops.convert_to_tensor(x0[:, :8, :8].astype("float32")),
-                                ops.convert_to_tensor(noise[:, :8, :8].astype("float32")), t)
-    np.testing.assert_allclose(ops.convert_to_numpy(tensor), x_t[:, :8, :8], rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match=r"`t` must be in \[0, 999\]"):
-        schedule.add_noise(x0, noise, np.array([0, 1, 2, 1000]))
-
-
-def test_ddim_timesteps_leading_and_trailing():
-    np.testing.assert_array_equal(ddim_timesteps(T, 50, "leading"), np.arange(980, -1, -20))
-    np.testing.assert_array_equal(ddim_timesteps(T, 50, "trailing"), np.arange(999, 0, -20))
-    np.testing.assert_array_equal(ddim_timesteps(T, 7, "leading"),
-                                  [852, 710, 568, 426, 284, 142, 0])
-    trailing = ddim_timesteps(T, 7, "trailing")  # round(1000 - k * 1000/7) - 1
-    np.testing.assert_array_equal(trailing, [999, 856, 713, 570, 428, 285, 142])
-    # The known bug, prev = t - T // steps, disagrees with the list itself for "trailing".
-    assert trailing[0] - T // 7 != trailing[1]
-    np.testing.assert_array_equal(NoiseSchedule("linear", T).ddim_timesteps(7, "trailing"),
-                                  trailing)
-    with pytest.raises(ValueError, match="`spacing` must be one of"):
-        ddim_timesteps(T, 7, "uniform")
-    with pytest.raises(ValueError, match=r"`num_steps` must be an integer in \[1, 1000\]"):
-        ddim_timesteps(T, 0)
-
-
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
-def test_ddim_step_with_exact_noise_follows_the_forward_process(kind):
-    schedule = NoiseSchedule(kind, T)
-    rng = np.random.default_rng(1)
-    x0 = rng.uniform(-1, 1, (2, 8, 8, 3))
-    noise = rng.standard_normal(x0.shape)
-    x_t = schedule.add_noise(x0, noise, np.array([700, 700]))
-    # One deterministic step to t_prev = -1 (alpha-bar = 1) returns x0 exactly...
-    np.testing.assert_allclose(schedule.ddim_step(x_t, noise, 700, -1), x0, atol=1e-6)
-    # ...and a step to any t_prev lands on the forward process at t_prev with the same noise.
-    np.testing.assert_allclose(schedule.ddim_step(x_t, noise, 700, 300),
-                               schedule.add_noise(x0, noise, np.array([300, 300])), atol=1e-9)
-    with pytest.raises(ValueError, match="`noise` is required when eta > 0"):
-        schedule.ddim_step(x_t, noise, 700, 300, eta=1.0)
-
-
-def test_ddim_eta_one_variance_is_the_ddpm_posterior_variance():
-    schedule = NoiseSchedule("linear", T)
-    ddim = schedule.plan("ddim", steps=T, eta=1.0)
-    ddpm = schedule.plan("ddpm")
-    np.testing.assert_array_equal(ddim.timesteps, ddpm.timesteps)
-    noise = COEFFICIENTS.index("noise")
-    np.testing.assert_allclose(ddim.coefficients[:-1, noise], ddpm.coefficients[:-1, noise],
-                               rtol=1e-9)
-
-
-def test_ddpm_step_is_ho_et_al_eq_11():
-    schedule = NoiseSchedule("cosine", T)
-    plan = schedule.plan("ddpm")
-    rng = np.random.default_rng(2)
-    x_t, eps = rng.standard_normal((2, 4, 4, 1))
-    for k in (0, 500, 998):
-        t, row = plan.timesteps[k], plan.coefficients[k]
-        x0 = x0_from_eps(x_t, eps, row[0], row[1])
-        mean = denoising_update(x_t, x0, eps, None, None, row)
-        beta, abar = schedule.betas[t], np.prod(1 - schedule.betas[: t + 1])
-        # mu = (x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t)
-        expected = (x_t - beta / np.sqrt(1 - abar) * eps) / np.sqrt(1 - beta)
-        np.testing.assert_allclose(mean, expected, rtol=1e-7, atol=1e-9)
-    assert plan.coefficients[-1, COEFFICIENTS.index("noise")] == 0  # no noise at t = 0
-
-
-def test_prediction_conversions_round_trip():
-    rng = np.random.default_rng(3)
-    x0, eps = rng.standard_normal((2, 5))
-    signal, noise = math.sqrt(0.3), math.sqrt(0.7)
-    x_t = signal * x0 + noise * eps
-    v = velocity(x0, eps, signal, noise)
-    np.testing.assert_allclose(x0_from_velocity(x_t, v, signal, noise), x0)
-    np.testing.assert_allclose(eps_from_velocity(x_t, v, signal, noise), eps)
-    np.testing.assert_allclose(x0_from_eps(x_t, eps, signal, noise), x0)
-
-
-# ---------------------------------------------------------------------------- DPM-Solver++
-def _log_snr(schedule, t):
-    abar = np.prod(1 - schedule.betas[: t + 1])
-    return math.log(math.sqrt(abar)) - math.log(math.sqrt(1 - abar)), abar
-
-
-def test_dpm_solver_2m_update_matches_lu_et_al_algorithm_2():
-    schedule = NoiseSchedule("cosine", T)
-    plan = schedule.plan("dpm++", steps=20)
-    np.testing.assert_array_equal(plan.timesteps, np.round(np.linspace(0, 999, 21))[::-1][:-1])
-    rng = np.random.default_rng(4)
-    x, x0_now, x0_before = rng.standard_normal((3, 6))
-    i = 6  # a second-order step: t_{i-1} = timesteps[i - 1], t_i = timesteps[i] -> t_{i+1}
-    (lam_prev, _), (lam_s, abar_s), (lam_t, abar_t) = (
-        _log_snr(schedule, plan.timesteps[j]) for j in (i - 1, i, i + 1))
-    h, r = lam_t - lam_s, (lam_s - lam_prev) / (lam_t - lam_s)
-    d = (1 + 1 / (2 * r)) * x0_now - 1 / (2 * r) * x0_before
-    expected = (math.sqrt(1 - abar_t) / math.sqrt(1 - abar_s) * x
-                - math.sqrt(abar_t) * (math.exp(-h) - 1) * d)
-    update = denoising_update(x, x0_now, 0.0, x0_before, None, plan.coefficients[i])
-    np.testing.assert_allclose(update, expected, rtol=1e-9)
-    # The first step is first order, i.e. exactly a DDIM step; the last returns pred_x0.
-    ddim_row = schedule._ddim_row(plan.timesteps[0], plan.timesteps[1], 0.0)
-    eps = (x - ddim_row[0] * x0_now) / ddim_row[1]
-    np.testing.assert_allclose(denoising_update(x, x0_now, 0.0, None, None, plan.coefficients[0]),
-                               denoising_update(x, x0_now, eps, None, None, ddim_row), rtol=1e-6)
-    np.testing.assert_allclose(denoising_update(x, x0_now, 0.0, x0_before, None,
-                                                plan.coefficients[-1]), x0_now)
-
-
-MU, STD = 0.2, 0.3  # per-pixel Gaussian "data" x0 ~ N(MU, STD^2)
-
-
-def _gaussian_eps(x_t, abar):
-    """The exact E[eps | x_t] for Gaussian data: sqrt(1-a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a)."""
-    return np.sqrt(1 - abar) * (x_t - np.sqrt(abar) * MU) / (abar * STD**2 + 1 - abar)
-
-
-def _run_plan(schedule, plan, x, stop=None):
-    prev = None
-    for k, t in enumerate(plan.timesteps[:stop]):
-        row = plan.coefficients[k]
-        eps = _gaussian_eps(x, schedule.alphas_cumprod[t])
-        pred_x0 = x0_from_eps(x, eps, row[0], row[1])
-        x, prev = denoising_update(x, pred_x0, eps, prev, None, row), pred_x0
-    return x
-
-
-def test_dpm_solver_samples_gaussian_data_better_than_ddim_50():
-    schedule = NoiseSchedule("cosine", T)
-    x_T = np.random.default_rng(5).standard_normal(100_000)
-    dpm = schedule.plan("dpm++", steps=20)
-    ddim = schedule.plan("ddim", steps=50, spacing="linspace")
-    # Before its final jump to t = -1 the 2M solver tracks the exact marginal N(a mu, a s^2 + 1 - a).
-    abar = schedule.alphas_cumprod[dpm.timesteps[-1]]
-    before = _run_plan(schedule, dpm, x_T, stop=-1)
-    assert before.mean() == pytest.approx(np.sqrt(abar) * MU, abs=0.005)
-    assert before.std() == pytest.approx(np.sqrt(abar * STD**2 + 1 - abar), rel=0.02)
-    samples = _run_plan(schedule, dpm, x_T)
-    assert samples.mean() == pytest.approx(MU, abs=0.005)
-    assert samples.std() == pytest.approx(STD, rel=0.05)
-    ddim_samples = _run_plan(schedule, ddim, x_T)
-    assert abs(samples.std() - STD) < abs(ddim_samples.std() - STD)
-
-
+# ---------------------------------------------------------------------------- fixed networks
 class GaussianEps(keras.layers.Layer):
     """A stand-in network: the exact noise predictor for Gaussian data (times = t / T)."""
 
@@ -249,6 +39,79 @@ def test_model_dpm_solver_with_exact_denoiser_recovers_gaussian_data():
     pixels = images * 2 - 1  # back to model space
     assert pixels.mean() == pytest.approx(MU, abs=0.01)
     assert pixels.std() == pytest.approx(STD, rel=0.06)
+
+
+class FakeNetwork(keras.layers.Layer):
+    """A fixed stand-in network: `0.5 tanh(x) + 0.2 t/T - 0.1 (+ 0.05 label)`, no weights."""
+
+    def call(self, inputs, training=False):
+        x, times = inputs[0], ops.reshape(inputs[1], (-1, 1, 1, 1))
+        output = 0.5 * ops.tanh(x) + 0.2 * times - 0.1
+        if len(inputs) > 2:
+            output = output + 0.05 * ops.reshape(ops.cast(inputs[2], "float32"), (-1, 1, 1, 1))
+        return output
+
+
+# (prediction, num_classes, n, sample() arguments) -> (sum, mean |x|, three elements of x),
+# stored from the sampler before its step was split into a predict and an update step.
+GOLDEN_SAMPLES = [
+    ("epsilon", None, 1, dict(sampler="ddim", steps=10, seed=0, clip_denoised=False),
+     (-0.535729169845581, 0.7142937183380127,
+      -1.7587025165557861, 0.8967405557632446, -1.4341791868209839)),
+    ("epsilon", None, 1, dict(sampler="ddim", steps=10, eta=0.5, seed=1, clip_denoised=False),
+     (-4.4173808097839355, 1.037090539932251,
+      0.6239830255508423, -1.8786883354187012, -0.577747642993927)),
+    ("epsilon", None, 1, dict(sampler="dpm++", steps=10, seed=2, clip_denoised=False),
+     (-3.8840041160583496, 0.560544490814209,
+      -0.5919249057769775, -0.6173231601715088, 0.6367402672767639)),
+    ("epsilon", None, 1, dict(sampler="ddpm", seed=3, clip_denoised=False),
+     (7.460798263549805, 0.7010349035263062,
+      0.07451611757278442, 0.7149218320846558, -0.1963394284248352)),
+    ("v", 2, 2, dict(sampler="ddim", steps=10, seed=4, label=1, guidance=2.0),
+     (-2.945082664489746, 0.5198574066162109,
+      -0.41955381631851196, -0.6478758454322815, -0.7961384057998657)),
+    ("v", 2, 2, dict(sampler="dpm++", steps=10, seed=5, label=[0, 1], guidance=1.0,
+                     clip_denoised=False),
+     (4.189006328582764, 0.5249696969985962,
+      -1.7295656204223633, -0.5296802520751953, -0.9032392501831055)),
+]
+
+
+@pytest.mark.parametrize("prediction, num_classes, n, arguments, golden", GOLDEN_SAMPLES,
+                         ids=[f"{case[0]}-{case[3]['sampler']}-{i}"
+                              for i, case in enumerate(GOLDEN_SAMPLES)])
+def test_golden_sample_with_a_fixed_network(prediction, num_classes, n, arguments, golden):
+    model = DiffusionModel(image_size=4, channels=1, timesteps=50, schedule="linear",
+                           prediction=prediction, widths=(8,), blocks_per_level=1,
+                           num_classes=num_classes, seed=0)
+    model.ema_network = FakeNetwork()
+    x = model.sample(n, progress=False, **arguments)
+    assert x.shape == (n, 4, 4, 1)
+    # One comparison for all five numbers, so a failure shows how many moved.
+    measured = [x.sum(), np.abs(x).mean(), *x.ravel()[[0, 5, -1]]]
+    np.testing.assert_allclose(measured, golden, rtol=0, atol=1e-5)
+
+
+def test_sample_progressive_yields_every_step_and_sample_drains_it():
+    model = DiffusionModel(image_size=4, channels=1, timesteps=50, schedule="linear",
+                           widths=(8,), blocks_per_level=1, seed=0)
+    model.ema_network = FakeNetwork()
+    arguments = dict(steps=5, sampler="dpm++", seed=1, batch_size=2, progress=False)
+    chain = list(model.sample_progressive(3, **arguments))
+    assert [(step.start, step.count, step.index, step.final) for step in chain] == \
+        [(0, 2, k, k == 4) for k in range(5)] + [(2, 1, k, k == 4) for k in range(5)]
+    assert [step.timestep for step in chain[:5]] == list(model.schedule.plan("dpm++", 5).timesteps)
+    final = np.concatenate([ops.convert_to_numpy(step.x)[:step.count] for step in chain
+                            if step.final])
+    np.testing.assert_array_equal(final, model.sample(3, **arguments))
+    # The last step jumps to t = -1, where the sample is that step's pred_x0; earlier ones not.
+    np.testing.assert_allclose(chain[4].x, chain[4].pred_x0, atol=1e-6)
+    assert not np.allclose(chain[3].x, chain[3].pred_x0, atol=1e-3)
+    # Arguments are checked at the call, before the first step; past `n` they are keywords.
+    with pytest.raises(ValueError, match="`n` must be a positive integer"):
+        model.sample_progressive(0)
+    with pytest.raises(TypeError, match="positional"):
+        model.generate(2, 5)
 
 
 # ---------------------------------------------------------------------------- the model
@@ -323,7 +186,7 @@ def _count_steps(model):
     """Wraps the compiled step so each call (one network evaluation) is recorded."""
     import tensorflow as tf
 
-    compiled = tf.function(model._step, reduce_retracing=True)
+    compiled = tf.function(model._sampling_step, reduce_retracing=True)
     calls = []
 
     def counting(x, row, times, *args):
@@ -397,8 +260,9 @@ def test_guided_step_combines_conditional_and_unconditional_outputs():
     null = ops.convert_to_tensor([3, 3], dtype="int32")
 
     def x0(labels, guidance, guided):
-        return ops.convert_to_numpy(model._step(x, row, times, labels, guidance, None, guided,
-                                                False, True, False)[1])
+        options = StepOptions(use_ema=True, guided=guided, clip=False, stochastic=False)
+        step = StepCoefficients.from_row(row)
+        return ops.convert_to_numpy(model._denoise(x, step, times, labels, guidance, options)[0])
 
     conditional, unconditional = x0(labels, 1.0, False), x0(null, 0.0, False)
     np.testing.assert_allclose(x0(labels, 3.0, True),
