@@ -385,13 +385,22 @@ def add_experiment_commands(subparsers):
     compare.set_defaults(handler=lambda a: _run_compare(a, a.preset, a.data, a.out))
 
     demo = subparsers.add_parser(
-        "demo", help="the quick comparison on the built-in phantom set (what `make demo` runs)")
+        "demo", help="the quick comparison on the built-in phantom set (what `make demo` runs)",
+        description="Runs `lungkit compare --preset quick` on the built-in phantom set: writes "
+        "the synthetic CT slices, trains the VAE, the U-Net denoiser and the DDPM briefly "
+        "(32 px, grey; a few minutes on a CPU), and writes report.md, report.html, "
+        "metrics.json and figures/ to --out. Run it again into the same --out and finished "
+        "models are loaded, not retrained.")
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     _add_experiment_options(demo)
     demo.set_defaults(handler=lambda a: _run_compare(a, "quick", None, a.out))
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="metrics of a saved model's samples against real images")
+        "evaluate", help="metrics of a saved model's samples against real images",
+        description="Loads a saved lungkit model (.keras), generates -n samples and scores "
+        "them against the real slices in --data: FID and KID (features chosen by "
+        "--features), precision/recall, sharpness, diversity and memorization. Prints the "
+        "metrics as JSON (and writes them to --out if given).")
     evaluate.add_argument("--model", required=True, help="a saved .keras model")
     evaluate.add_argument("--data", required=True, help="real images (IQ-OTH/NCCD layout)")
     evaluate.add_argument("-n", type=_int_at_least(2), default=64, help="samples to generate (default 64)")

@@ -23,6 +23,21 @@ def test_help_texts_are_useful(capsys):
     assert main(["data"]) == 2  # no sub-command: prints help
 
 
+@pytest.mark.parametrize("command, words", [
+    ("demo", ("phantom", "report.html", "--out")),
+    ("evaluate", ("FID", "--features", "JSON")),
+])
+def test_demo_and_evaluate_help_describe_the_command(command, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    usage, description, *_ = capsys.readouterr().out.split("\n\n")
+    assert usage.startswith(f"usage: lungkit {command}")
+    assert not description.startswith("options:")  # a description, not just the options
+    for word in words:
+        assert word in description
+
+
 def test_data_phantom_passes_its_options(monkeypatch, tmp_path, capsys):
     calls = []
 

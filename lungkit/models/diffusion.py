@@ -24,6 +24,8 @@ import tensorflow as tf  # tf.function (the compiled sampling step) and tf.distr
 from keras import ops
 from tqdm.auto import tqdm
 
+from lungkit.checks import check_choice, check_int, check_number, check_optional_int, check_seed
+from lungkit.data.labels import resolve_labels
 from lungkit.models.base import GenerativeModel
 from lungkit.models.schedule import (
     PREDICTIONS,
@@ -38,37 +40,6 @@ from lungkit.models.schedule import (
 from lungkit.models.unet import build_unet
 
 logger = logging.getLogger(__name__)
-
-# diffusers' "benign" folder is spelled "Bengin" in IQ-OTH/NCCD; accept both.
-LABEL_ALIASES = {"bengin": "benign"}
-
-
-def resolve_labels(label, n, num_classes):
-    """Turns `label` (int, class name, or a sequence of either) into int32 `(n,)`.
-
-    Names are matched case-insensitively against `lungkit.data.images.CLASS_NAMES`
-    ("Normal", "Benign", "Malignant"); "bengin" (the dataset's spelling) means "Benign".
-    """
-    from lungkit.data.images import CLASS_NAMES
-
-    names = [name.lower() for name in CLASS_NAMES]
-    values = [label] * n if isinstance(label, (str, int, np.integer)) else list(label)
-    if len(values) != n:
-        raise ValueError(f"`label` must be one label or {n} labels. Received {len(values)} labels")
-    resolved = []
-    for value in values:
-        if isinstance(value, str):
-            key = LABEL_ALIASES.get(value.lower(), value.lower())
-            if key not in names:
-                raise ValueError(f"`label` must be a class index or one of {CLASS_NAMES}. "
-                                 f"Received: label={value!r}")
-            value = names.index(key)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                or not 0 <= value < num_classes:
-            raise ValueError(f"`label` must be an integer in [0, {num_classes - 1}] or a class "
-                             f"name. Received: label={value!r}")
-        resolved.append(int(value))
-    return np.asarray(resolved, dtype=np.int32)
 
 
 def update_ema(ema_variables, variables, decay):
@@ -161,14 +132,11 @@ class DiffusionModel(GenerativeModel):
                  prediction="epsilon", widths=(32, 64, 96, 128), blocks_per_level=2,
                  attention_levels=(), ema_decay=0.999, num_classes=None, class_dropout=0.1,
                  seed=None, **kwargs):
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"`prediction` must be one of {PREDICTIONS}. "
-                             f"Received: prediction={prediction!r}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
-        if not 0.0 <= class_dropout < 1.0:
-            raise ValueError(f"`class_dropout` must be in [0, 1). "
-                             f"Received: class_dropout={class_dropout}")
+        check_choice("prediction", prediction, PREDICTIONS)
+        ema_decay = check_number("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
+        class_dropout = check_number("class_dropout", class_dropout, 0.0, 1.0, high_open=True)
+        num_classes = check_optional_int("num_classes", num_classes)
+        seed = check_seed("seed", seed)
         schedule_object = NoiseSchedule(schedule, timesteps)  # validates both
         super().__init__(**kwargs)
         self.image_size, self.channels, self.prediction = image_size, channels, prediction
@@ -348,11 +316,7 @@ class DiffusionModel(GenerativeModel):
             `x` and `pred_x0` are the compiled step's output tensors (keep them as they are,
             or `keras.ops.convert_to_numpy` the ones a caller keeps).
         """
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"`n` must be a positive integer. Received: n={n!r}")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer. "
-                             f"Received: batch_size={batch_size!r}")
+        n, batch_size = check_int("n", n), check_int("batch_size", batch_size)
         plan = self.schedule.plan(sampler, steps, eta, spacing)
         labels, guidance, guided = self._sampling_labels(n, label, guidance)
         logger.info("Sampling %d images with %s: %d network calls per batch of %d, %s weights",
