@@ -92,11 +92,15 @@ for name in ("lungkit.models.vae", "lungkit.models.diffusion", "lungkit.training
         importlib.import_module(name)
     except ImportError as error:
         errors[name] = str(error)
-for name in ("VAE", "DiffusionModel", "evaluate", "make_dataset", "load_model"):
+for name in ("VAE", "DiffusionModel", "evaluate", "make_dataset"):
     try:
         getattr(lungkit, name)
     except ImportError as error:
         errors["lungkit." + name] = str(error)
+try:
+    lungkit.load_model("model.keras")  # importable without TensorFlow, needs it to load
+except ImportError as error:
+    errors["lungkit.load_model"] = str(error)
 print(json.dumps({{"images": len(images), "errors": errors}}))
 """
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -195,7 +195,8 @@ def run_cell(cell, tmp_path, fake_colab, pip_links, colab=True):
         [python, "-c", "from importlib import metadata\n"
          "try:\n    print(metadata.distribution('lungkit').read_text('direct_url.json'))\n"
          "except metadata.PackageNotFoundError:\n    print('null')"],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": ""})
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": ""},
+        cwd=tmp_path)  # not the checkout: its lungkit.egg-info would answer for lungkit
     return process, mounts, json.loads(installed.stdout)
 
 

@@ -28,34 +28,23 @@ CLASSIFIER_FEATURE_DIMS = 64  # size of the classifier's penultimate ("features"
 CLASSIFIER_VERSION = 3  # in load_or_train_classifier's cache key; 1: no augmentation, 2: no blur
 CLASSIFIER_WIDTHS = (16, 32, 64, 128)  # its conv widths: 64 px -> 4x4 before pooling
 # Batch norm's moving statistics forget their initial values (variance 1) by 0.9 per step:
-# with Keras' default 0.99, 300 steps still carry 5% of it, enough to put a classifier that
-# fits toy classes to 100% at chance in inference mode.
-# Batch norm's moving statistics forget their initial values (variance 1) by 0.9 per step:
-# with Keras' default 0.99, 300 steps still carry 5% of it, enough to put a classifier that
-# fits toy classes to 100% at chance in inference mode.
+# with Keras' default 0.99 a short training keeps enough of them to put a classifier that
+# fits its training images at chance in inference mode (docs/results.md).
 BN_MOMENTUM = 0.9
-# Training-time augmentation of the classifier: on the phantom at 64 px, without it the CNN
-# memorises each slice's anatomy (90% train, chance held out); with it, it learns the lesions.
-# Training-time augmentation of the classifier: on the phantom at 64 px, without it the CNN
-# memorises each slice's anatomy (90% train, chance held out); with it, it learns the lesions.
+# Training-time augmentation: without it the CNN memorises each slice's anatomy instead of
+# learning the lesions (docs/results.md, "class-fidelity judge").
 AUGMENT_SHIFT = 0.1  # fraction of the side
 AUGMENT_ROTATION = 0.05  # fraction of a full turn (18 degrees)
 AUGMENT_ZOOM = 0.1  # +-10% scale
 # Random Gaussian blur (a random share of the images, sigma up to AUGMENT_BLUR_SIGMA px): the
-# classifier judges generated slices, most of them blurrier than real ones. Trained on sharp
-# slices only, it called 87% of the latent autoencoder's reconstructions of held-out phantom
-# slices "Malignant" (a blurred slice looked like a mass to it); with the blur, 42% of them
-# are classed right, against 48% of the sharp originals (64 px).
-# Random Gaussian blur (a random share of the images, sigma up to AUGMENT_BLUR_SIGMA px): the
-# classifier judges generated slices, most of them blurrier than real ones. Trained on sharp
-# slices only, it called 87% of the latent autoencoder's reconstructions of held-out phantom
-# slices "Malignant" (a blurred slice looked like a mass to it); with the blur, 42% of them
-# are classed right, against 48% of the sharp originals (64 px).
+# classifier judges generated slices, most of them blurrier than real ones; trained on sharp
+# slices only it takes blur for a mass (docs/results.md).
 AUGMENT_BLUR_SIGMA = 1.5
 AUGMENT_BLUR_KERNEL = 5
 LOG_PROBABILITY_FLOOR = 1e-12  # an ensemble's logits are log(mean probability), floored here
-MIN_TRAIN_STEPS = 100  # optimizer steps a classifier gets at least: tiny sets (tens of
-# images, one or two batches per epoch) otherwise stop at chance after a few epochs
+# Optimizer steps a classifier gets at least: tiny sets (tens of images, one or two batches
+# per epoch) otherwise stop at chance after a few epochs.
+MIN_TRAIN_STEPS = 100
 
 
 def build_classifier(image_size, channels, num_classes=NUM_CLASSES, widths=CLASSIFIER_WIDTHS,
@@ -206,10 +195,9 @@ def ensemble_classifiers(members, name="ct_classifier_ensemble"):
 def train_classifier_ensemble(images, labels, members=1, seed=0, progress=False, **options):
     """`members` classifiers from `train_classifier`, seeds `seed, seed + 1, ...`, as one model.
 
-    Trained on the 720 slices of the 64 px phantom's `classes` split for 6000 steps, two
-    classifiers that differed only in seed scored 58% and 47% on the 180 held-out slices, and
-    their ensemble 55%: averaging the members' probabilities (`ensemble_classifiers`) makes
-    class fidelity depend less on one training's luck. Member `k` gets `seed + k` (its
+    One classifier's held-out accuracy depends on its seed (docs/results.md): averaging the
+    members' probabilities (`ensemble_classifiers`) makes class fidelity depend less on one
+    training's luck. Member `k` gets `seed + k` (its
     augmentation); `members=1` returns the plain classifier.
     """
     members = check_int("members", members)

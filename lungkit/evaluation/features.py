@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 INCEPTION_SIZE = 299  # InceptionV3's native input size (Szegedy et al., 2016)
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras name
-# images, one or two batches per epoch) otherwise stop at chance after a few epochs
 KINDS = ("auto", "inception", "domain")
 
 

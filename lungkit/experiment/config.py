@@ -56,8 +56,7 @@ class DiffusionConfig:
     schedule: str = "cosine"  # Nichol & Dhariwal (2021)
     # v (Salimans & Ho, 2022), not Ho et al.'s epsilon: near t = T the cosine schedule keeps
     # sqrt(alpha_bar) ~ 0.03 of the slice, so x0 = (x_t - sqrt(1 - alpha_bar) eps) / 0.03
-    # multiplies every error in eps ~30x. On the 64 px phantom, epsilon samples had grey
-    # backgrounds and washed-out lungs; v samples black air and dark lungs with vessels.
+    # multiplies every error in eps ~30x (epsilon samples had grey backgrounds: results.md).
     prediction: str = "v"
     ema_decay: float = 0.999
     sampling_steps: int = 50  # DDIM steps for the report's samples
@@ -161,10 +160,8 @@ class ExperimentConfig:
 PRESETS = {
     # A few minutes on 2 CPU cores: small images, one channel, few epochs. Enough for the
     # models to learn the body outline and lung fields, and for every number to be real.
-    # conditional stays False here: at 32 px the phantom's nodules are sub-pixel and masses
-    # 1-4 px; a classifier trained on its 114 real slices scored chance on held-out ones
-    # (30%, before the augmented classifier), so class fidelity would measure nothing. The
-    # "classes" preset measures it at 64 px.
+    # Not conditional: at 32 px the phantom's nodules are sub-pixel, so class fidelity would
+    # measure nothing; the "classes" preset measures it at 64 px.
     "quick": ExperimentConfig(
         name="quick",
         image_size=32,
@@ -183,19 +180,10 @@ PRESETS = {
             ema_decay=0.99,  # 32 px -> an 8x8x4 latent
         ),
     ),
-    # Class conditioning on the phantom, 2-4 h on 2 CPU cores: 64 px, where the malignant
-    # masses span 3-9 px (at 32 px the classifier scored chance); 900 slices; all four
-    # models. 900 samples per model (300 per class): a class fidelity of 36.0% is significant
-    # (one-sided binomial p < 0.05 against 33%). The judge is 3 classifiers x 4000 steps (one
-    # scored 45-58% on held-out slices depending on its seed; 3 average that out). The
-    # conditional VAE samples its fitted class prior (`fit_class_prior`): its learned
-    # N(mu_y, I) prior drew Malignant half as often. The latent autoencoder trains 60 epochs
-    # (after 15 its reconstructions had a sharpness of 975, real slices 4190).
-    # Full run (Dec 2026; judge 49% on the held-out real slices, N/B/M 33/43/70%):
-    # class fidelity (N/B/M) VAE 40% (48/32/41, p = 9e-6), DDIM-50 41% (26/32/65, p = 1e-6),
-    # DPM++-20 42% (26/33/68, p = 8e-9), hybrid 46% (20/22/95, p = 1e-14: it puts masses in
-    # most slices); sharpness VAE 1681, hybrid 2064, DDIM 3222; FID 131 / 102 / 42;
-    # generation 810 / 4.6 / 0.73 img/s.
+    # Class conditioning on the phantom, hours on 2 CPU cores: 64 px, where the malignant
+    # masses span 3-9 px; 900 slices; all four models; 900 samples per model (300 per class)
+    # so that a small excess over chance is significant; a judge of 3 classifiers (one
+    # classifier's accuracy depends on its seed). Measured runs: docs/results.md.
     "classes": ExperimentConfig(
         name="classes",
         image_size=64,

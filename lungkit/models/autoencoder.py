@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_KL_WEIGHT = 1e-6
 # One width per resolution level (len - 1 = downsamplings): 128 px -> 16x16 with these.
 DEFAULT_AUTOENCODER_WIDTHS = (32, 64, 128, 128)
-DEFAULT_LATENT_CHANNELS = 4  # Stable Diffusion's (and the issue's) 4-channel latent
+DEFAULT_LATENT_CHANNELS = 4  # Stable Diffusion's 4-channel latent (Rombach et al., 2022)
 RECONSTRUCTIONS = ("l1", "mse")  # per-pixel error, summed over each image
 
 
@@ -289,8 +289,13 @@ class LatentAutoencoder(GenerativeModel):
             The new `scale_factor` (float); both values are stored in the model's weights.
         """
         count, total, total_sq = 0, 0.0, 0.0
+        # Its own seeded noise, not the sampler's stream: the same weights and images give
+        # the same factors (a reloaded autoencoder recalibrates to the very same values).
+        noise = keras.random.SeedGenerator(0 if self.seed is None else self.seed)
         for batch in self._batches(images, batch_size):
-            z = ops.convert_to_numpy(self.sampler(list(self.encoder(batch, training=False))))
+            z_mean, z_log_var = self.encoder(batch, training=False)
+            epsilon = keras.random.normal(ops.shape(z_mean), seed=noise)
+            z = ops.convert_to_numpy(z_mean + ops.exp(0.5 * z_log_var) * epsilon)
             z = z.astype("float64")
             count, total, total_sq = count + z.size, total + z.sum(), total_sq + np.square(z).sum()
         if count == 0:

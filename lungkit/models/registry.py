@@ -15,6 +15,8 @@ import importlib
 import zipfile
 from pathlib import Path
 
+from lungkit import require_tensorflow
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -99,6 +101,7 @@ def load_model(path, **kwargs):
         ValueError: the file is not a Keras archive (a text file, a half-written file), or
             holds a Keras model that is not a lungkit model.
     """
+    require_tensorflow("lungkit.load_model")
     import keras
 
     path = Path(path)

@@ -23,22 +23,15 @@ Notation:
 
 A conditional VAE (Sohn et al., 2015) maximises the ELBO of log p(x | y),
 `E_q[log p(x | z, y)] - KL(q(z | x) || p(z | y))`. Its encoder sees only the image and the
-class moves the prior, so prior samples for a class land where that class's images encode.
-Measured on the 64 px phantom (150 samples, a classifier trained on real slices; chance 33%):
-the textbook q(z | x, y) with an N(0, I) prior drew the same lesion-free average body for
-every label (31-37% at beta 1, 0.25, 0.1 or 0.03; a learned prior alone did not change
-that). The label-blind encoder with the class prior scored 45% and 34% in two trainings at
-beta 0.25 (35% at beta 1, 37-39% at beta 0.1), and 39% in a full `classes` run: a gain
-that the classifier's noise does not yet separate from chance.
+class moves the prior, so prior samples for a class land where that class's images encode
+(the textbook q(z | x, y) with an N(0, I) prior drew one lesion-free average body for every
+label: docs/results.md).
 
 After training, `fit_class_prior` replaces N(mu_y, I) by a full-covariance Gaussian fitted to
 each class's encodings (an ex-post density, Ghosh et al., 2020, "From variational to
 deterministic autoencoders"): the aggregate posterior of a class is not a unit Gaussian, and
-N(mu_y, I) samples fall where few of its images encode. On one trained `classes` VAE, 600
-samples per prior and seed, a 3-classifier judge (chance 33%): learned N(mu_y, I) 40 / 36 /
-42% (Normal 65-71%, Malignant 15-23%: most samples read as lesion-free), fitted prior 39 / 38
-/ 39% (Normal 49-55%, Malignant 28-34%); moment-matching the posterior variances as well
-(cov + mean sigma^2) 34 / 36 / 40%, so the fit uses the encodings' means only.
+N(mu_y, I) samples fall where few of its images encode. The fit uses the encodings' means
+only (adding the posterior variances did worse; docs/results.md).
 """
 
 import logging

@@ -45,12 +45,14 @@ def run_files(out_dir, name, stages=()):
 
 def _plain(value):
     """`value` as JSON types (tuples as lists, the rest as str), floats to 7 significant
-    digits (float32 settings such as a learning rate of 0.1 read back as 0.100000001)."""
+    digits (float32 settings such as a learning rate of 0.1 read back as 0.100000001), and
+    without the keys that name an instance (`UNTRACKED_CONFIG_KEYS`, in sub-models too)."""
     def rounded(item):
         if isinstance(item, float):
             return float(f"{item:.7g}")
         if isinstance(item, dict):
-            return {key: rounded(v) for key, v in item.items()}
+            return {key: rounded(v) for key, v in item.items()
+                    if key not in UNTRACKED_CONFIG_KEYS}
         if isinstance(item, list):
             return [rounded(v) for v in item]
         return item
@@ -67,7 +69,7 @@ def run_settings(model, batch_size=None, data=None, extra=None):
         data: a fingerprint of the training data (`dataset.fingerprint`), or None.
         extra: any other settings a caller wants compared (a dict).
     """
-    config = {k: v for k, v in model.get_config().items() if k not in UNTRACKED_CONFIG_KEYS}
+    config = model.get_config()
     optimizer = getattr(model, "optimizer", None)
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer
     optimizer_config = None
