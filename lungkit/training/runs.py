@@ -46,13 +46,14 @@ def run_files(out_dir, name, stages=()):
 def _plain(value):
     """`value` as JSON types (tuples as lists, the rest as str), floats to 7 significant
     digits (float32 settings such as a learning rate of 0.1 read back as 0.100000001), and
-    without the keys that name an instance (`UNTRACKED_CONFIG_KEYS`, in sub-models too)."""
+    without the keys that label a layer or model (`UNTRACKED_CONFIG_KEYS`, sub-models too)."""
     def rounded(item):
         if isinstance(item, float):
             return float(f"{item:.7g}")
         if isinstance(item, dict):
+            layer = "trainable" in item  # a layer's or model's config: its name is a label
             return {key: rounded(v) for key, v in item.items()
-                    if key not in UNTRACKED_CONFIG_KEYS}
+                    if not (layer and key in UNTRACKED_CONFIG_KEYS)}
         if isinstance(item, list):
             return [rounded(v) for v in item]
         return item
