@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lungkit import cli
-from lungkit.training.callbacks import read_history
+from lungkit.training.runs import read_history
 
 TINY = {  # model-specific constructor arguments (--set) that make each model tiny
     "vae": ["widths=8,16", "latent_dim=8", "dense_units=0"],

@@ -2,21 +2,17 @@
 
 - `lungkit.training.strategy`: `get_strategy`, `set_precision`, `is_chief`.
 - `lungkit.training.loop`: `train`, `fit`, `distributed_fit` (multi-worker), `ensure_built`.
-- `lungkit.training.runs`: the run record: a finished run is loaded, not trained again.
-- `lungkit.training.callbacks`: the callbacks of a resumable run, the only code that reads
-  and writes a run's backups and history rows.
+- `lungkit.training.runs`: the files of a run (record, history, models, backup), the only
+  code that reads and writes them; a finished run is loaded, not trained again.
+- `lungkit.training.callbacks`: the callbacks of a resumable run.
 """
 
 from lungkit.checks import PRECISIONS, STRATEGIES
 from lungkit.training.callbacks import (
-    BACKUP_DIR,
-    HISTORY_FILE,
     FriendlyTerminateOnNaN,
     ShuffleEpoch,
     TimingCallback,
-    backup_epoch,
     default_callbacks,
-    read_history,
 )
 from lungkit.training.loop import (
     TrainingDiverged,
@@ -27,6 +23,7 @@ from lungkit.training.loop import (
     fit,
     train,
 )
+from lungkit.training.runs import BACKUP_DIR, HISTORY_FILE, backup_epoch, read_history
 from lungkit.training.strategy import get_strategy, is_chief, is_multiworker, set_precision
 
 __all__ = [

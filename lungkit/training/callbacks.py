@@ -1,10 +1,7 @@
-"""Training callbacks and the files of a run: timing, NaN stop, history, checkpoints, backup.
+"""Training callbacks: timing, a NaN stop that says what to change, history, models, backup.
 
-The only code that reads and writes a run's backup and history rows. Every file is written
-to a temporary name and renamed (`lungkit.files.atomic_path`), so a kill or a full disk at
-any instant leaves the previous version of each file intact.
-
-A run folder holds:
+They write the files of a run through `lungkit.training.runs`, which owns their formats. A
+run folder holds:
 
     <name>.keras          the model after the last saved epoch (for `load_model`)
     <name>.best.keras     the model at the best finite value of the monitored loss
@@ -30,12 +27,9 @@ A run folder holds:
 before every epoch, so a resumed epoch `k` is shuffled as in an uninterrupted run.
 """
 
-import csv
 import importlib.util
-import io
 import logging
 import math
-import re
 import time
 from pathlib import Path
 
@@ -44,14 +38,20 @@ import numpy as np
 
 from lungkit.checks import check_choice, check_int
 from lungkit.data.pipeline import set_shuffle_epoch
-from lungkit.files import atomic_path, read_json, write_json, write_text
+from lungkit.training.runs import (
+    BACKUP_DIR,
+    HISTORY_FILE,
+    backup_epoch,
+    load_backup,
+    read_history,
+    save_backup,
+    save_model,
+    trim_history,
+    write_history,
+)
 
 logger = logging.getLogger(__name__)
 
-HISTORY_FILE = "history.csv"
-BACKUP_DIR = "backup"
-BACKUP_STATE = "state.json"  # names the newest complete backup; written last (the commit)
-BACKUP_PATTERN = re.compile(r"epoch-(\d+)\.weights\.h5")
 
 
 class TimingCallback(keras.callbacks.Callback):
@@ -151,74 +151,6 @@ class FriendlyTerminateOnNaN(keras.callbacks.Callback):
             self.on_train_batch_end(-1, logs)  # a loss that went bad in the epoch's mean
 
 
-# --- history ---------------------------------------------------------------------------------
-def read_history(path):
-    """Reads `history.csv` into `{column: list of floats}` (epoch as int), in file order.
-
-    Rows that cannot be read (a truncated last line, NUL bytes from a crash, a non-integer
-    epoch) are skipped with one warning naming them; a blank cell reads as NaN.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    text = path.read_bytes().decode("utf-8", errors="replace").replace("\x00", "")
-    rows, bad = [], []
-    for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-        if None in row or any(value is None for value in row.values()):
-            bad.append(number)  # more or fewer cells than the header
-            continue
-        try:
-            epoch = int(row["epoch"])
-        except (KeyError, TypeError, ValueError):
-            bad.append(number)
-            continue
-        rows.append((epoch, row))
-    if bad:
-        logger.warning("%s: skipped unreadable row(s) at line(s) %s", path,
-                       ", ".join(map(str, bad)))
-    history = {}
-    for epoch, row in rows:
-        for key, value in row.items():
-            if key == "epoch":
-                value = epoch
-            else:
-                try:
-                    value = float(value)
-                except (TypeError, ValueError):  # "NA" or a blank cell
-                    value = float("nan")
-            history.setdefault(key, []).append(value)
-    return history
-
-
-def write_history(path, history):
-    """Writes `{column: values}` (with an "epoch" column) to `path` as CSV, atomically."""
-    keys = ["epoch", *sorted(k for k in history if k != "epoch")]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(keys)
-    for index in range(len(history.get("epoch", []))):
-        writer.writerow([history[key][index] if index < len(history[key]) else "" for key in keys])
-    write_text(path, out.getvalue())
-
-
-def trim_history(path, start_epoch):
-    """Keeps only the rows of `path` with `epoch < start_epoch`, one per epoch; returns them.
-
-    A repeated epoch (an epoch trained again after a crash) keeps its last row.
-    """
-    history = read_history(path)
-    epochs = history.get("epoch", [])
-    last = {epoch: index for index, epoch in enumerate(epochs) if epoch < start_epoch}
-    keep = sorted(last.values(), key=lambda index: epochs[index])
-    if len(keep) != len(epochs):
-        logger.info("History: keeping %d row(s) of %d; epochs from %d on will be trained again",
-                    len(keep), len(epochs), start_epoch)
-        history = {key: [values[i] for i in keep] for key, values in history.items()}
-        if Path(path).exists():
-            write_history(path, history)
-    return history
-
-
 class HistoryLogger(keras.callbacks.Callback):
     """Writes `history.csv`: one row per epoch, the whole file rewritten atomically each time.
 
@@ -246,13 +178,6 @@ class HistoryLogger(keras.callbacks.Callback):
 
 
 # --- checkpoints -----------------------------------------------------------------------------
-def save_model(model, path):
-    """`model.save(path)` through a temporary file (Keras writes its target in place)."""
-    with atomic_path(path) as temporary:
-        model.save(temporary)
-    return Path(path)
-
-
 def _due(callback, epoch):
     """True when a callback with `save_every` saves at the end of `epoch` (and at the last)."""
     return (epoch + 1) % callback.save_every == 0 or epoch + 1 >= callback.params.get("epochs", 0)
@@ -295,98 +220,6 @@ class ModelSaver(keras.callbacks.Callback):
         if self._improved(None if value is None else float(value)):
             self.best = float(value)
             save_model(self.model, self.path)
-
-
-# --- backup ----------------------------------------------------------------------------------
-def _seed_generators(model):
-    """Every `keras.random.SeedGenerator` owned by `model` or its layers, in a fixed order."""
-    generators, seen = [], set()
-    for layer in model._flatten_layers(include_self=True):
-        for generator in getattr(layer, "_seed_generators", []):
-            if id(generator) not in seen:
-                seen.add(id(generator))
-                generators.append(generator)
-    return generators
-
-
-def _backup_state(backup_dir):
-    """The newest complete backup `{"epoch", "weights", "rng"}`, or None.
-
-    `state.json` names it; when that file is unreadable (a crash, a disk error) the newest
-    weights file that has its RNG file beside it is used, and the problem is logged.
-    """
-    backup_dir = Path(backup_dir)
-    if not backup_dir.is_dir():
-        return None
-    try:
-        state = read_json(backup_dir / BACKUP_STATE, "backup state")
-        if (backup_dir / state["weights"]).is_file():
-            return state
-        logger.warning("%s names %s, which is missing", backup_dir / BACKUP_STATE,
-                       state["weights"])
-    except FileNotFoundError:
-        pass
-    except (ValueError, KeyError, TypeError) as error:
-        logger.warning("%s; falling back to the newest readable backup", error)
-    candidates = sorted((int(m.group(1)), p) for p in backup_dir.iterdir()
-                        if (m := BACKUP_PATTERN.fullmatch(p.name)))
-    for epoch, path in reversed(candidates):
-        rng = backup_dir / f"epoch-{epoch}.rng.npz"
-        if rng.is_file():
-            return {"epoch": epoch, "weights": path.name, "rng": rng.name}
-    return None
-
-
-def backup_epoch(backup_dir):
-    """The epoch a run backed up in `backup_dir` restarts at, or None without a backup."""
-    state = _backup_state(backup_dir)
-    return None if state is None else int(state["epoch"])
-
-
-def save_backup(model, backup_dir, epoch):
-    """Backs up weights, optimizer and RNG states after `epoch` epochs (atomic, then the
-    state file names them, then older backups are removed)."""
-    backup_dir = Path(backup_dir)
-    weights, rng = f"epoch-{epoch}.weights.h5", f"epoch-{epoch}.rng.npz"
-    with atomic_path(backup_dir / weights) as temporary:
-        model.save_weights(temporary)
-    states = {f"state_{i}": keras.ops.convert_to_numpy(g.state)
-              for i, g in enumerate(_seed_generators(model))}
-    with atomic_path(backup_dir / rng) as temporary:
-        np.savez(temporary, **states)
-    write_json(backup_dir / BACKUP_STATE, {"epoch": epoch, "weights": weights, "rng": rng})
-    for path in backup_dir.iterdir():
-        match = re.fullmatch(r"epoch-(\d+)\.(weights\.h5|rng\.npz)", path.name)
-        if match and int(match.group(1)) != epoch:
-            path.unlink(missing_ok=True)
-
-
-def load_backup(model, backup_dir):
-    """Restores what `save_backup` wrote into `model` (built, optimizer built); returns the
-    epoch to restart at, or None without a backup.
-
-    Raises:
-        ValueError: the backup does not fit the model (another size, width or model),
-            naming the folder.
-    """
-    state = _backup_state(backup_dir)
-    if state is None:
-        return None
-    backup_dir = Path(backup_dir)
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    try:
-        model.load_weights(backup_dir / state["weights"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"The backup in {backup_dir} does not fit this {type(model).__name__} "
-                         f"(trained with other settings?): {error}") from error
-    path = backup_dir / state["rng"]
-    if path.is_file():
-        with np.load(path) as saved:
-            for i, generator in enumerate(_seed_generators(model)):
-                if f"state_{i}" in saved:
-                    generator.state.assign(saved[f"state_{i}"])
-    return int(state["epoch"])
 
 
 class RunBackup(keras.callbacks.Callback):

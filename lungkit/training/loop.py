@@ -33,20 +33,21 @@ from lungkit.checks import check_int
 from lungkit.data.pipeline import set_shuffle_epoch
 from lungkit.models.base import unpack_batch
 from lungkit.models.registry import model_name
-from lungkit.training.callbacks import (
+from lungkit.training.callbacks import ShuffleEpoch, default_callbacks
+from lungkit.training.runs import (
     BACKUP_DIR,
     HISTORY_FILE,
-    ShuffleEpoch,
+    RunRecord,
     backup_epoch,
-    default_callbacks,
     load_backup,
+    plan_run,
     read_history,
+    run_settings,
     save_backup,
     save_model,
     trim_history,
     write_history,
 )
-from lungkit.training.runs import RunRecord, plan_run, run_settings
 from lungkit.training.strategy import get_strategy, is_chief, is_multiworker, set_precision
 
 logger = logging.getLogger(__name__)

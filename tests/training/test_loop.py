@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from lungkit import training
 from lungkit.models.base import GenerativeModel
-from lungkit.training.callbacks import TimingCallback, read_history
+from lungkit.training.callbacks import TimingCallback
+from lungkit.training.runs import read_history
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -209,7 +210,7 @@ def test_resume_drops_history_rows_that_will_be_redone(tmp_path):
     # A kill after the history row of epoch 2 but before its backup: epoch 2 is trained again.
     with pytest.raises(KeyboardInterrupt):
         training.fit(build(), tiny_dataset(), 3, tmp_path, callbacks=[_Interrupt(2)], verbose=0)
-    from lungkit.training.callbacks import write_history
+    from lungkit.training.runs import write_history
 
     history = read_history(tmp_path / "history.csv")
     extra = {key: values + [values[-1]] for key, values in history.items()}

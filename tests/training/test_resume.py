@@ -22,7 +22,7 @@ from test_loop import ROOT, _finish, _flat_weights, _Interrupt, build, tiny_imag
 
 from lungkit import training
 from lungkit.data.pipeline import make_dataset, set_shuffle_epoch
-from lungkit.training.callbacks import _seed_generators, read_history
+from lungkit.training.runs import _seed_generators, read_history
 
 COUNT, SIZE = 12, 32  # images of the pipeline tests: pixel value 10 * index
 
