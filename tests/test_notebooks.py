@@ -120,6 +120,9 @@ def test_one_parameters_cell_with_plain_values(name):
         names += [target.id for target in statement.targets]
     assert {"DATA_DIR", "DATA_SOURCE", "OUT_DIR", "USE_DRIVE"} <= set(names)
     assert set(RUNS[name][0]) <= set(names)  # the test's parameters all exist
+    import papermill  # papermill reads every one of them (a line it cannot parse it skips)
+
+    assert list(papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))) == names
     if name in WITH_RUN:
         assert "RUN" in names
 
