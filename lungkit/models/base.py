@@ -83,6 +83,47 @@ class GenerativeModel(keras.Model):
     def metrics(self):  # listed here so fit() resets them every epoch
         return self.trackers
 
+    def check_images(self, images, argument="images"):
+        """Raises ValueError unless `images` has shape `(batch, image_size, image_size,
+        channels)` (for models with those attributes; others accept any shape).
+
+        Works on arrays and on symbolic tensors (checked once, when `fit` traces its step).
+        """
+        size, channels = getattr(self, "image_size", None), getattr(self, "channels", None)
+        if size is None or channels is None:
+            return
+        shape = tuple(images.shape)
+        expected = (size, size, channels)
+        if len(shape) != 4 or any(s is not None and s != e
+                                  for s, e in zip(shape[1:], expected, strict=True)):
+            raise ValueError(
+                f"`{argument}` must have shape (batch, {size}, {size}, {channels}) for this "
+                f"{type(self).__name__} (image_size={size}, channels={channels}). "
+                f"Received: shape={shape}")
+
+    def _check_input_data(self, x, argument):
+        """Checks the image shape of arrays or a `tf.data.Dataset` before fit/evaluate run."""
+        spec = getattr(x, "element_spec", None)
+        if spec is not None:  # a tf.data.Dataset of images or (images, labels)
+            if isinstance(spec, (tuple, list)):
+                spec = spec[0]
+            if getattr(spec, "shape", None) is not None and spec.shape.rank is not None:
+                self.check_images(spec, argument)
+        elif isinstance(x, (tuple, list)) and x and hasattr(x[0], "shape"):
+            self.check_images(x[0], argument)
+        elif hasattr(x, "shape") and hasattr(x, "ndim"):
+            self.check_images(x, argument)
+
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking that `x` holds images of this model's shape."""
+        self._check_input_data(x, "x")
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after checking that `x` holds images of this model's shape."""
+        self._check_input_data(x, "x")
+        return super().evaluate(x, *args, **kwargs)
+
     def compute_losses(self, images, labels=None, training=False):
         """Returns a tuple of scalar losses, one per entry of `loss_names`."""
         raise NotImplementedError

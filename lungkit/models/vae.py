@@ -59,8 +59,10 @@ from lungkit.models.vae_layers import (  # noqa: F401 - re-exported: the VAE's p
     Sampling,
     build_decoder,
     build_encoder,
+    fit_class_gaussians,
     kl_divergence,
     reconstruction_loss,
+    sample_class_gaussians,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,21 +158,6 @@ class VAE(GenerativeModel):
         """`(image_size, image_size, channels)`."""
         return (self.image_size, self.image_size, self.channels)
 
-    def check_images(self, images, argument="images"):
-        """Raises ValueError unless `images` has shape `(batch, *image_shape)`.
-
-        Works on arrays and on symbolic tensors (checked once, when `fit` traces its step).
-        """
-        shape = tuple(images.shape)
-        expected = (None, *self.image_shape)
-        matches = len(shape) == 4 and all(
-            s is None or s == e for s, e in zip(shape[1:], expected[1:], strict=True))
-        if not matches:
-            raise ValueError(
-                f"`{argument}` must have shape (batch, {self.image_size}, {self.image_size}, "
-                f"{self.channels}) for this VAE (image_size={self.image_size}, "
-                f"channels={self.channels}). Received: shape={shape}")
-
     def _as_images(self, images):
         """Public-boundary conversion: numpy float32 `(batch, *image_shape)` in [0, 1]."""
         images = np.asarray(images)
@@ -180,29 +167,6 @@ class VAE(GenerativeModel):
         if images.dtype == np.uint8:
             return images.astype("float32") / 255.0
         return images.astype("float32", copy=False)
-
-    def _check_input_data(self, x, argument):
-        """Checks the image shape of arrays or a `tf.data.Dataset` before fit/evaluate run."""
-        spec = getattr(x, "element_spec", None)
-        if spec is not None:  # a tf.data.Dataset of images or (images, labels)
-            if isinstance(spec, (tuple, list)):
-                spec = spec[0]
-            if getattr(spec, "shape", None) is not None and spec.shape.rank is not None:
-                self.check_images(spec, argument)
-        elif isinstance(x, (tuple, list)) and x and hasattr(x[0], "shape"):
-            self.check_images(x[0], argument)
-        elif hasattr(x, "shape") and hasattr(x, "ndim"):
-            self.check_images(x, argument)
-
-    def fit(self, x=None, *args, **kwargs):
-        """`keras.Model.fit`, after checking that `x` holds images of this model's shape."""
-        self._check_input_data(x, "x")
-        return super().fit(x, *args, **kwargs)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        """`keras.Model.evaluate`, after checking that `x` holds images of this model's shape."""
-        self._check_input_data(x, "x")
-        return super().evaluate(x, *args, **kwargs)
 
     def call(self, inputs, training=False):
         """Reconstructs images: samples z while training, uses `z_mean` otherwise.
@@ -369,43 +333,36 @@ class VAE(GenerativeModel):
         if self.num_classes is None:
             raise ValueError("`fit_class_prior` needs a conditional VAE (built with "
                              "`num_classes`); the paper's VAE samples N(0, I).")
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not jitter >= 0:
-            raise ValueError(f"`jitter` must be a number >= 0. Received: jitter={jitter!r}")
-        if labels is not None:
-            images = self._as_images(x)
-            labels = self._label_array(labels, len(images))
-            check_int("batch_size", batch_size)
-            z_mean, _ = self._encode_batches(images, batch_size)
-        else:
-            if isinstance(x, np.ndarray) or hasattr(x, "shape"):
-                raise ValueError("`labels` is required when `x` is an array of images.")
-            means, all_labels = [], []
-            for batch in x:
-                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise ValueError("`x` must yield `(images, labels)` batches when `labels` "
-                                     "is None.")
-                images = self._as_images(ops.convert_to_numpy(batch[0]))
-                means.append(self._encode_batches(images, len(images))[0])
-                all_labels.append(self._label_array(
-                    ops.convert_to_numpy(batch[1]).reshape(-1).tolist(), len(images)))
-            z_mean = np.concatenate(means) if means else np.zeros((0, self.latent_dim))
-            labels = np.concatenate(all_labels) if all_labels else np.zeros(0, np.int32)
-        counts = {c: int(np.sum(labels == c)) for c in range(self.num_classes)}
-        if min(counts.values()) < 2:
-            raise ValueError(f"`fit_class_prior` needs at least 2 images of every class. "
-                             f"Received counts per class: {counts}")
-        z_mean = z_mean.astype("float64")
-        locs, scales = [], []
-        for rows in [labels == c for c in range(self.num_classes)] + [slice(None)]:
-            z = z_mean[rows]
-            cov = np.cov(z, rowvar=False).reshape(self.latent_dim, self.latent_dim)
-            locs.append(z.mean(axis=0))
-            scales.append(np.linalg.cholesky(cov + jitter * np.eye(self.latent_dim)))
-        self.class_prior_loc.assign(np.asarray(locs, "float32"))
-        self.class_prior_scale.assign(np.asarray(scales, "float32"))
+        jitter = check_number("jitter", jitter, low=0.0)
+        z_mean, labels = self._encodings(x, labels, batch_size)
+        locs, scales, counts = fit_class_gaussians(z_mean, labels, self.num_classes, jitter)
+        self.class_prior_loc.assign(locs)
+        self.class_prior_scale.assign(scales)
         self.class_prior_fitted.assign(1.0)
         logger.info("Fitted the class prior to %d encodings %s", len(z_mean), counts)
         return counts
+
+    def _encodings(self, x, labels, batch_size):
+        """`(z_mean (n, latent_dim), int32 labels (n,))` of images with labels, or of the
+        `(images, labels)` batches of an iterable when `labels` is None."""
+        if labels is not None:
+            images = self._as_images(x)
+            return (self._encode_batches(images, check_int("batch_size", batch_size))[0],
+                    self._label_array(labels, len(images)))
+        if isinstance(x, np.ndarray) or hasattr(x, "shape"):
+            raise ValueError("`labels` is required when `x` is an array of images.")
+        means, all_labels = [], []
+        for batch in x:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError("`x` must yield `(images, labels)` batches when `labels` "
+                                 "is None.")
+            images = self._as_images(ops.convert_to_numpy(batch[0]))
+            means.append(self._encode_batches(images, len(images))[0])
+            all_labels.append(self._label_array(
+                ops.convert_to_numpy(batch[1]).reshape(-1).tolist(), len(images)))
+        if not means:
+            return np.zeros((0, self.latent_dim), "float32"), np.zeros(0, np.int32)
+        return np.concatenate(means), np.concatenate(all_labels)
 
     def generate(self, n, *, seed=None, batch_size=256, label=None, guidance=None, prior=None):
         """Samples `n` new images by decoding z ~ N(0, I) (the class prior when conditional).
@@ -435,9 +392,7 @@ class VAE(GenerativeModel):
                 "`guidance` (classifier-free guidance) applies to the diffusion models; the "
                 "VAE decodes the requested `label` directly. Pass guidance=None. "
                 f"Received: guidance={guidance!r}")
-        if prior not in (None, "learned", "fitted"):
-            raise ValueError(f"`prior` must be 'learned', 'fitted' or None. "
-                             f"Received: prior={prior!r}")
+        check_choice("prior", prior, (None, "learned", "fitted"))
         if prior is not None and self.num_classes is None:
             raise ValueError(f"`prior` applies to a conditional VAE; the paper's VAE samples "
                              f"N(0, I). Received: prior={prior!r}")
@@ -447,11 +402,9 @@ class VAE(GenerativeModel):
         generator = self.generation_seeds if seed is None else keras.random.SeedGenerator(int(seed))
         z = keras.random.normal((int(n), self.latent_dim), dtype="float32", seed=generator)
         if self.num_classes is not None and prior != "learned" and self.has_fitted_prior:
-            z, locs = ops.convert_to_numpy(z), ops.convert_to_numpy(self.class_prior_loc)
-            scales = ops.convert_to_numpy(self.class_prior_scale)
-            for label in np.unique(labels):  # z = m_y + L_y eps, one class at a time
-                rows = labels == label
-                z[rows] = locs[label] + z[rows] @ scales[label].T
+            z = sample_class_gaussians(ops.convert_to_numpy(z), labels,
+                                       ops.convert_to_numpy(self.class_prior_loc),
+                                       ops.convert_to_numpy(self.class_prior_scale))
         else:
             z = ops.convert_to_numpy(z + self._prior_mean(labels))
         return self._decode_batches(z, labels, batch_size)

@@ -9,6 +9,7 @@ re-exports the public names here; the notation table is in its docstring.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 DEFAULT_WIDTHS = (32, 64, 128, 256)  # filters per stride-2 convolution, as the Keras example grows
@@ -152,3 +153,41 @@ def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, num_c
     images = keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid",
                                  dtype="float32", name="images")(x)
     return keras.Model(inputs, images, name=name)
+
+
+def fit_class_gaussians(z_mean, labels, num_classes, jitter):
+    """Per-class Gaussians of encodings, for a conditional VAE's ex-post prior.
+
+    Args:
+        z_mean: float `(n, latent_dim)` encodings; labels: int `(n,)` in [0, num_classes).
+        jitter: added to each covariance's diagonal (keeps it positive definite when a class
+            has fewer images than latent dimensions).
+
+    Returns:
+        `(locs, scales, counts)`: float32 `(num_classes + 1, latent_dim)` means and
+        `(num_classes + 1, latent_dim, latent_dim)` Cholesky factors (the last row, "no
+        label", fitted to every encoding), and `{class: count}`.
+
+    Raises:
+        ValueError: a class has fewer than 2 encodings.
+    """
+    counts = {c: int(np.sum(labels == c)) for c in range(num_classes)}
+    if min(counts.values()) < 2:
+        raise ValueError(f"`fit_class_prior` needs at least 2 images of every class. "
+                         f"Received counts per class: {counts}")
+    z_mean, dim = np.asarray(z_mean, "float64"), z_mean.shape[1]
+    locs, scales = [], []
+    for rows in [labels == c for c in range(num_classes)] + [slice(None)]:
+        cov = np.cov(z_mean[rows], rowvar=False).reshape(dim, dim)
+        locs.append(z_mean[rows].mean(axis=0))
+        scales.append(np.linalg.cholesky(cov + jitter * np.eye(dim)))
+    return np.asarray(locs, "float32"), np.asarray(scales, "float32"), counts
+
+
+def sample_class_gaussians(epsilon, labels, locs, scales):
+    """`z = m_y + L_y epsilon` for each row's label `y` (float `(n, latent_dim)`, numpy)."""
+    z = np.array(epsilon, dtype="float32")
+    for label in np.unique(labels):  # one class at a time: no (n, dim, dim) gather
+        rows = labels == label
+        z[rows] = locs[label] + z[rows] @ scales[label].T
+    return z
