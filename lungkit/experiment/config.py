@@ -33,6 +33,9 @@ class VAEConfig:
     widths: tuple = (32, 64, 128, 256)
     beta: float = 1.0  # KL weight
     class_dropout: float = 0.1  # conditional runs: share of labels dropped in training
+    # "transpose": the paper's transposed convolutions (a checkerboard in the samples);
+    # "resize": nearest resize + convolution (lungkit.models.vae_layers.DECODERS)
+    decoder: str = "transpose"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,7 +104,7 @@ def run_vae(config, train_x, train_y, out_dir, progress=True):
     c = config.vae
     conditional = _class_arguments(config, c)
     model = VAE(image_size=image_size, channels=channels, latent_dim=c.latent_dim,
-                widths=c.widths, beta=c.beta, seed=seed, **conditional)
+                widths=c.widths, beta=c.beta, decoder=c.decoder, seed=seed, **conditional)
     entry = _train(model, c, train_x, train_y, out_dir, config, "vae")  # fits the class prior
     labels = {"label": balanced_labels(n)} if config.conditional else {}
     images, speed = timed_generate(model.generate, n, seed=seed, **labels)

@@ -52,6 +52,7 @@ from lungkit.checks import (
 from lungkit.data.labels import resolve_labels
 from lungkit.models.base import GenerativeModel
 from lungkit.models.vae_layers import (  # noqa: F401 - re-exported: the VAE's public parts
+    DECODERS,
     DEFAULT_DENSE_UNITS,
     DEFAULT_WIDTHS,
     LABEL_EMBEDDING_DIMS,
@@ -82,6 +83,9 @@ class VAE(GenerativeModel):
         widths: filters per stride-2 convolution of the encoder (mirrored in the decoder).
         dense_units: hidden dense layer of the encoder (0: none).
         reconstruction: `"bce"` (the paper) or `"mse"`, both summed over pixels per image.
+        decoder: how the decoder upsamples, a name in `DECODERS`: `"transpose"` (the paper's
+            transposed convolutions, which draw a checkerboard) or `"resize"` (nearest resize
+            + convolution, free of it).
         beta: weight of the KL term (1.0: the ELBO).
         num_classes: None (the paper's unconditional VAE) or the number of classes of a
             conditional VAE: the decoder then takes int labels `(batch,)`, the prior of z
@@ -97,7 +101,8 @@ class VAE(GenerativeModel):
     loss_names = ("loss", "reconstruction_loss", "kl_loss")
 
     def __init__(self, image_size=128, channels=3, latent_dim=128, widths=DEFAULT_WIDTHS,
-                 dense_units=DEFAULT_DENSE_UNITS, reconstruction="bce", beta=1.0,
+                 dense_units=DEFAULT_DENSE_UNITS, reconstruction="bce", decoder="transpose",
+                 beta=1.0,
                  num_classes=None, class_dropout=0.1, seed=None, **kwargs):
         widths = check_int_tuple("widths", widths)
         image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
@@ -109,6 +114,7 @@ class VAE(GenerativeModel):
         latent_dim = check_int("latent_dim", latent_dim)
         dense_units = check_int("dense_units", dense_units, low=0)
         check_choice("reconstruction", reconstruction, RECONSTRUCTIONS)
+        check_choice("decoder", decoder, DECODERS)
         beta = check_number("beta", beta, low=0.0)
         num_classes = check_optional_int("num_classes", num_classes)
         class_dropout = check_number("class_dropout", class_dropout, 0.0, 1.0, high_open=True)
@@ -117,12 +123,13 @@ class VAE(GenerativeModel):
         self.image_size, self.channels, self.latent_dim = int(image_size), channels, int(latent_dim)
         self.widths, self.dense_units = tuple(int(w) for w in widths), int(dense_units)
         self.reconstruction, self.beta = reconstruction, float(beta)
+        self.decoder_kind = decoder
         self.num_classes = None if num_classes is None else int(num_classes)
         self.class_dropout, self.seed = float(class_dropout), seed
         self.encoder = build_encoder(self.image_size, channels, self.latent_dim, self.widths,
                                      self.dense_units)
         self.decoder = build_decoder(self.image_size, channels, self.latent_dim, self.widths,
-                                     self.num_classes)
+                                     self.num_classes, upsampling=decoder)
         self.sampler = Sampling(seed=seed, name="sampler")
         if self.num_classes is not None:  # only conditional models carry this state
             self.label_seeds = keras.random.SeedGenerator(
@@ -413,6 +420,7 @@ class VAE(GenerativeModel):
         return {**super().get_config(), "image_size": self.image_size,
                 "channels": self.channels, "latent_dim": self.latent_dim,
                 "widths": list(self.widths), "dense_units": self.dense_units,
-                "reconstruction": self.reconstruction, "beta": self.beta,
+                "reconstruction": self.reconstruction, "decoder": self.decoder_kind,
+                "beta": self.beta,
                 "num_classes": self.num_classes, "class_dropout": self.class_dropout,
                 "seed": self.seed}

@@ -15,6 +15,13 @@ from keras import ops
 DEFAULT_WIDTHS = (32, 64, 128, 256)  # filters per stride-2 convolution, as the Keras example grows
 DEFAULT_DENSE_UNITS = 256  # hidden dense layer before z_mean / z_log_var
 RECONSTRUCTIONS = ("bce", "mse")
+# How the decoder doubles its resolution:
+#   "transpose": the paper's 3x3 transposed convolution, stride 2 (the Keras example VAE). Its
+#                kernel overlaps unevenly (3 is not divisible by the stride), which draws a
+#                checkerboard into the images (Odena et al., 2016, "Deconvolution and
+#                checkerboard artifacts").
+#   "resize":    nearest-neighbour upsampling, then a 3x3 convolution (their remedy).
+DECODERS = ("transpose", "resize")
 LABEL_EMBEDDING_DIMS = 16  # width of the learned class embedding of a conditional VAE
 
 
@@ -122,12 +129,13 @@ def build_encoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS,
 
 
 def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, num_classes=None,
-                  name="decoder"):
+                  upsampling="transpose", name="decoder"):
     """Mirror of `build_encoder`: z (and labels) -> images.
 
-    Dense to a `(image_size / 2**depth)`-sided feature map of `widths[-1]` channels, one 3x3
-    transposed convolution with stride 2 and ReLU per width (in reverse), then a 3x3
-    convolution with a float32 sigmoid. With `num_classes`, a class embedding is
+    Dense to a `(image_size / 2**depth)`-sided feature map of `widths[-1]` channels, one
+    upsampling step with ReLU per width (in reverse; `upsampling` in `DECODERS`: the paper's
+    3x3 transposed convolution with stride 2, or nearest resize + 3x3 convolution), then a
+    3x3 convolution with a float32 sigmoid. With `num_classes`, a class embedding is
     concatenated to z.
 
     Returns:
@@ -148,8 +156,13 @@ def build_decoder(image_size, channels, latent_dim, widths=DEFAULT_WIDTHS, num_c
     x = keras.layers.Dense(side * side * widths[-1], activation="relu", name="dense")(x)
     x = keras.layers.Reshape((side, side, widths[-1]), name="reshape")(x)
     for i, width in enumerate(reversed(widths)):
-        x = keras.layers.Conv2DTranspose(width, 3, strides=2, padding="same",
-                                         activation="relu", name=f"up_{i}")(x)
+        if upsampling == "transpose":
+            x = keras.layers.Conv2DTranspose(width, 3, strides=2, padding="same",
+                                             activation="relu", name=f"up_{i}")(x)
+        else:
+            x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"resize_{i}")(x)
+            x = keras.layers.Conv2D(width, 3, padding="same", activation="relu",
+                                    name=f"up_{i}")(x)
     images = keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid",
                                  dtype="float32", name="images")(x)
     return keras.Model(inputs, images, name=name)

@@ -364,3 +364,27 @@ def test_fit_class_prior_and_prior_argument_errors(tiny_cvae, tiny_vae):
     with pytest.raises(ValueError, match="`prior` applies to a conditional VAE"):
         tiny_vae.generate(2, prior="learned")
     assert not tiny_cvae.has_fitted_prior and not tiny_vae.has_fitted_prior
+
+
+def test_resize_decoder_draws_no_checkerboard_and_round_trips(tmp_path):
+    """A constant feature map decodes to a period-2 pattern through the paper's 3x3 stride-2
+    transposed convolutions (uneven overlap), to a flat image through resize + conv."""
+    def checkerboard(decoder):
+        keras.utils.set_random_seed(0)
+        vae = VAE(image_size=32, channels=1, latent_dim=4, widths=(8, 16), decoder=decoder)
+        dense = vae.decoder.get_layer("dense")
+        kernel, bias = dense.get_weights()
+        dense.set_weights([np.zeros_like(kernel), np.full_like(bias, 0.5)])  # constant map
+        image = vae.decode(np.zeros((1, 4), "float32"))[0, 4:-4, 4:-4, 0]  # interior
+        return float(np.abs(image - np.roll(image, 1, axis=0)).mean()), vae
+
+    transpose, _ = checkerboard("transpose")
+    resize, vae = checkerboard("resize")
+    assert transpose > 100 * max(resize, 1e-6), (transpose, resize)
+    assert vae.get_config()["decoder"] == "resize"
+    vae.save(tmp_path / "vae.keras")
+    reloaded = keras.saving.load_model(tmp_path / "vae.keras")
+    np.testing.assert_allclose(reloaded.decode(np.ones((2, 4), "float32")),
+                               vae.decode(np.ones((2, 4), "float32")), atol=1e-6)
+    with pytest.raises(ValueError, match=r"`decoder` must be one of \('transpose', 'resize'\)"):
+        VAE(image_size=32, channels=1, latent_dim=4, widths=(8, 16), decoder="deconv")
