@@ -1,4 +1,4 @@
-"""Tests for `lungkit train` and `lungkit sample` (the add_train_commands section of cli.py)."""
+"""Tests for `lungkit train` and `lungkit sample` (lungkit/cli/train.py)."""
 
 
 import keras
@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from lungkit import cli
+from lungkit.models.registry import model_class
 from lungkit.training.runs import read_history
 
 TINY = {  # model-specific constructor arguments (--set) that make each model tiny
@@ -113,7 +114,7 @@ def test_conditional_train_and_sample_with_label_and_guidance(model, phantom_dir
     saved = tmp_path / f"{model}.keras"
     if model == "vae":  # training ends by fitting the class prior, saved with the model
         assert keras.models.load_model(saved).has_fitted_prior
-    cls = cli.model_class(model)
+    cls = model_class(model)
     generate, received = cls.generate, []
 
     def spy(self, n, **kwargs):  # the real generate, recording the options it received

@@ -1,0 +1,7 @@
+"""`python -m lungkit.cli`: the `lungkit` command."""
+
+import sys
+
+from lungkit.cli import main
+
+sys.exit(main())

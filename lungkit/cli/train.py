@@ -1,0 +1,177 @@
+"""`lungkit train MODEL` and `lungkit sample MODEL`."""
+
+import logging
+from pathlib import Path
+
+from lungkit.checks import PRECISIONS, STRATEGIES
+from lungkit.cli.options import int_at_least, parse_assignments, positive_float
+from lungkit.data.labels import balanced_labels
+from lungkit.models.registry import MODELS, diffusion_sampler, model_class
+
+logger = logging.getLogger("lungkit")
+
+
+def _training_data(args, data_dir):
+    """Returns `dataset_fn(global_batch) -> tf.data.Dataset`, which reads the data when called
+    (after the model is built, so a bad model setting fails before any image is read)."""
+    from lungkit.data.pipeline import files_and_labels, make_dataset
+
+    options = dict(image_size=args.size, channels=args.channels, shuffle=True, seed=args.seed,
+                   with_labels=True)
+    if args.stream:
+        files, labels = files_and_labels(data_dir)
+        if args.limit:  # the first `limit` files of each class, as load_data(limit=) does
+            keep = [i for i, label in enumerate(labels) if (labels[:i] == label).sum() < args.limit]
+            files, labels = [files[i] for i in keep], labels[keep]
+        logger.info("Data: streaming %d files from %s", len(files), data_dir)
+        return lambda batch: make_dataset(files=files, labels=labels, batch_size=batch,
+                                          cache=args.cache, **options)
+
+    def in_memory(batch):
+        from lungkit.data.images import load_data
+
+        images, labels = load_data(data_dir, size=args.size, limit=args.limit)
+        logger.info("Data: %d images of %d px in memory from %s", len(images), args.size,
+                    data_dir)
+        return make_dataset(images, labels, batch_size=batch, **options)
+
+    return in_memory
+
+
+def _train(args):
+    import keras
+
+    from lungkit import training, viz
+    from lungkit.data.sources import resolve_data_dir
+
+    keras.utils.set_random_seed(args.seed)
+    cls = model_class(args.model)
+    kwargs = {"image_size": args.size, "channels": args.channels, **parse_assignments(args.set)}
+    kwargs.setdefault("seed", args.seed)  # every registered model takes one
+    dataset = _training_data(args, resolve_data_dir(args.data))
+    out = Path(args.out or f"runs/{args.model}")
+    model, history = training.train(
+        lambda: cls(**kwargs), dataset, epochs=args.epochs, out_dir=out,
+        strategy=args.strategy, precision=args.precision, jit=args.jit,
+        learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
+        save_every=args.save_every, retrain=args.retrain)
+    viz.plot_history(dict(history), keys=list(model.loss_names),
+                     path=out / "curves.png", title=f"lungkit train {args.model}")
+    if args.samples:
+        options = {"seed": args.seed}
+        if diffusion_sampler(args.model):
+            options["steps"] = min(args.sample_steps, model.timesteps)
+        if getattr(model, "num_classes", None):  # conditional: the classes in turn, in order
+            options["label"] = balanced_labels(args.samples, model.num_classes)
+        viz.save_grid(model.generate(args.samples, **options), out / "samples.png")
+    last = {k: history[k][-1] for k in model.loss_names if history.get(k)}
+    print(f"Model: {out / f'{args.model}.keras'} ({len(history.get('epoch', []))} epochs; "
+          + ", ".join(f"{k} {v:.5g}" for k, v in last.items()) + ")")
+    return 0
+
+
+def _sample(args):
+    from lungkit import viz
+    from lungkit.models.registry import load_model, model_name, model_spec
+
+    spec = model_spec(args.model)
+    options = {"seed": args.seed}
+    for key in ("steps", "sampler", "label", "guidance"):
+        value = getattr(args, key)
+        if key == "label" and value is not None and value.isdigit():
+            value = int(value)  # a class index; names ("malignant") stay strings
+        if value is not None:
+            if key not in spec.sampling_options:
+                raise ValueError(f"--{key} does not apply to the {args.model} model (it takes "
+                                 f"{', '.join('--' + o for o in spec.sampling_options)}).")
+            options[key] = value
+    path = Path(args.model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"`--model` file not found: {path}")
+    model = load_model(path)
+    if model_name(model) != args.model:
+        raise ValueError(f"--model {path} holds a {type(model).__name__} "
+                         f"({model_name(model) or 'not a generative model'}), not a "
+                         f"{args.model} model.")
+    images = model.generate(args.n, **options)
+    viz.save_grid(images, args.out)
+    print(args.out)
+    return 0
+
+
+def add_train_commands(subparsers):
+    """`lungkit train MODEL ...` and `lungkit sample MODEL ...`."""
+    _add_train_parser(subparsers)
+    _add_sample_parser(subparsers)
+
+
+def _add_train_parser(subparsers):
+    train = subparsers.add_parser(
+        "train", help="train one model (resumable: run the same command again after a crash)",
+        description="Train a model on a dataset folder (IQ-OTH/NCCD layout; default: the "
+        "phantom set in data/). Writes OUT/MODEL.keras (last) and MODEL.best.keras, "
+        "history.csv, curves.png and samples.png. A killed run started again with the same "
+        "--out resumes at its last finished epoch; a finished one is loaded, not trained "
+        "again (more --epochs continue it; --retrain starts over).")
+    train.add_argument("model", metavar="MODEL", choices=tuple(MODELS),
+                       help="; ".join(f"{s.name}: {s.summary}" for s in MODELS.values()))
+    train.add_argument("--data", default=None, help="dataset folder (default: phantom set)")
+    train.add_argument("--size", type=int_at_least(8), default=128,
+                       help="image side in pixels (128)")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                       help="3 (RGB, the paper) or 1 (grayscale, a third of the data and memory)")
+    train.add_argument("--epochs", type=int_at_least(1), default=10,
+                       help="total epochs (10); more than a finished run's continue it")
+    train.add_argument("--batch-size", type=int_at_least(1), default=32,
+                       help="per replica; the global batch is this x replicas (32)")
+    train.add_argument("--learning-rate", type=positive_float, default=1e-3,
+                       help="Adam's (1e-3)")
+    train.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
+    train.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                       help="auto|cpu|mirrored|multiworker|tpu (multiworker reads TF_CONFIG)")
+    train.add_argument("--precision", default="float32", choices=PRECISIONS,
+                       help="float32|mixed_float16 (GPU)|mixed_bfloat16 (TPU, recent CPUs)")
+    train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    train.add_argument("--save-every", type=int_at_least(1), default=1,
+                       help="checkpoint and back up every N epochs (1); a crash repeats < N")
+    train.add_argument("--stream", action="store_true",
+                       help="decode files with tf.data each epoch instead of loading to memory")
+    train.add_argument("--cache", default=None,
+                       help="with --stream: 'memory' or a path prefix for a decoded cache")
+    train.add_argument("--limit", type=int_at_least(1), default=None,
+                       help="at most N images per class")
+    train.add_argument("--seed", type=int, default=0, help="seed of weights, noise, shuffle")
+    train.add_argument("--samples", type=int_at_least(0), default=16,
+                       help="images in samples.png after training (0: none)")
+    train.add_argument("--sample-steps", type=int_at_least(1), default=25,
+                       help="sampling steps for samples.png (diffusion; 25)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="model constructor argument, e.g. --set latent_dim=64 "
+                       "--set widths=16,32 (repeatable)")
+    train.add_argument("--retrain", action="store_true",
+                       help="start over even if --out holds a finished run (it is moved to "
+                       "OUT/replaced-<time>/); without it a finished run with the same "
+                       "settings is loaded, not trained again")
+    train.set_defaults(handler=_train)
+
+
+def _add_sample_parser(subparsers):
+    sample = subparsers.add_parser(
+        "sample", help="generate an image grid from a saved model",
+        description="Load OUT/MODEL.keras from `lungkit train` and save a grid of samples.")
+    sample.add_argument("model", metavar="MODEL", choices=tuple(MODELS),
+                        help=", ".join(MODELS))
+    sample.add_argument("--model", dest="model_path", required=True, help="a saved .keras model")
+    sample.add_argument("-n", type=int_at_least(1), default=16, help="number of images (16)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", default="samples.png", help="PNG path (samples.png)")
+    sample.add_argument("--steps", type=int_at_least(1), default=None,
+                        help="sampling steps (diffusion)")
+    sample.add_argument("--sampler", default=None, help="ddim|ddpm|dpm++ (diffusion)")
+    sample.add_argument("--label", default=None,
+                        help="class to generate: normal|benign|malignant or 0|1|2 (a model "
+                        "trained with --set num_classes=3)")
+    sample.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale w (diffusion with --label): 0 "
+                        "unconditional, 1 conditional (default), >1 guided, e.g. 3.0")
+    sample.set_defaults(handler=_sample)
