@@ -2,7 +2,7 @@
 
 Both sides train the same encoder and decoder (two VAE instances built with the same seed)
 on the same random in-memory batches from one `tf.data` pipeline, with the same loss
-(`lungkit.models.vae.reconstruction_loss` + `kl_divergence`), the same optimizer type
+(`lungkit.models.vae_layers.reconstruction_loss` + `kl_divergence`), the same optimizer type
 (Adam) and the same `jit_compile` setting. Epochs alternate between the two sides so that
 load from other processes hits both alike; the first epoch of each side is a warm-up
 (tracing) and is not timed. Reports images/s for each (fastest timed epoch), their ratio
@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._common import Side, alternate, ratio  # noqa: E402
-from lungkit.models.vae import VAE, kl_divergence, reconstruction_loss  # noqa: E402
+from lungkit.models.vae import VAE  # noqa: E402
+from lungkit.models.vae_layers import kl_divergence, reconstruction_loss  # noqa: E402
 
 PAPER_IMAGES = 1190  # IQ-OTH/NCCD, original release (Chen 2024 trains on it)
 PAPER_SECONDS_PER_EPOCH = 20  # Chen (2024): about 20 s per epoch on a Colab GPU at 128 px

@@ -31,7 +31,7 @@ import logging
 import keras
 from keras import ops
 
-from lungkit.models.autoencoder import (  # noqa: F401  (LatentAutoencoder re-exported)
+from lungkit.models.autoencoder import (
     DEFAULT_AUTOENCODER_WIDTHS,
     DEFAULT_LATENT_CHANNELS,
     LatentAutoencoder,

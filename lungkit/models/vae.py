@@ -6,7 +6,7 @@ and a sigmoid output. The loss is binary cross-entropy summed over every pixel a
 an image (about 37,000 at 128x128x3, the paper's Figure 4) plus the KL divergence to N(0, I).
 This module owns the `VAE` model (argument checks, conditioning, training losses, encode /
 decode / generate); its networks, `Sampling` layer and loss terms live in
-`lungkit.models.vae_layers` and are re-exported here.
+`lungkit.models.vae_layers`.
 
 Notation:
 
@@ -51,11 +51,10 @@ from lungkit.checks import (
 )
 from lungkit.data.labels import resolve_labels
 from lungkit.models.base import GenerativeModel
-from lungkit.models.vae_layers import (  # noqa: F401 - re-exported: the VAE's public parts
+from lungkit.models.vae_layers import (
     DECODERS,
     DEFAULT_DENSE_UNITS,
     DEFAULT_WIDTHS,
-    LABEL_EMBEDDING_DIMS,
     RECONSTRUCTIONS,
     Sampling,
     build_decoder,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lungkit.models.vae import VAE, Sampling, kl_divergence, reconstruction_loss
+from lungkit.models.vae import VAE
+from lungkit.models.vae_layers import Sampling, kl_divergence, reconstruction_loss
 
 TINY = dict(latent_dim=4, widths=(8, 16), dense_units=16)
 
