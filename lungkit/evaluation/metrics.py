@@ -27,6 +27,7 @@ from lungkit.checks import check_images
 from lungkit.data.labels import CLASS_NAMES, NUM_CLASSES
 from lungkit.evaluation.classifier import predict_labels, train_classifier
 from lungkit.evaluation.common import resize_images
+from lungkit.evaluation.statistics import kid_kernel
 from lungkit.files import data_hash
 
 logger = logging.getLogger(__name__)
@@ -230,10 +231,8 @@ def kid(features_a, features_b, subsets=100, subset_size=1000, seed=0):
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set. Received {len(a)} and {len(b)}")
-    dims, rng = a.shape[1], np.random.default_rng(seed)
-
-    def kernel(x, y):
-        return (x @ y.T / dims + 1) ** 3
+    rng = np.random.default_rng(seed)
+    kernel = kid_kernel  # one definition, shared with the claims' bootstrap
 
     # Kernels of the whole sets, computed once when they fit in memory: each subset then only
     # indexes them (the same numbers as clean-fid, ~100x faster for 100 subsets).

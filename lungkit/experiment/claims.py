@@ -1,101 +1,194 @@
-"""The paper's claims checked against the measured numbers of a comparison run.
+"""The paper's claims, each a test with three outcomes: PASS, FAIL or INCONCLUSIVE.
 
-`check_claims(results)` reads the results dict of `lungkit.experiment.compare.compare` and
-returns one verdict per claim that the run measured.
+`check_claims(results, evidence)` reads the results dict of `lungkit.experiment.compare` and
+the per-image arrays it kept (`evidence`, see `check_claims`). Each claim is one function that
+measures an effect, puts a bootstrap interval around it (`lungkit.evaluation.statistics`) and
+compares the interval with the claim's margin: PASS when the whole interval is beyond it, FAIL
+when the whole interval is short of it, INCONCLUSIVE when these images cannot decide. A claim
+whose inputs were not measured reads N/A.
 """
 
-from lungkit.data.labels import NUM_CLASSES
+import numpy as np
 
-SIGNIFICANCE = 0.05  # the claims' one-sided test level (class fidelity above chance)
+from lungkit.data.labels import NUM_CLASSES
+from lungkit.evaluation.statistics import (
+    Interval,
+    bootstrap,
+    kid_difference,
+    mean_difference,
+    median_ratio,
+    verdict,
+)
+
+SIGNIFICANCE = 0.05  # one-sided level of the class-fidelity test (two-sided interval 90%)
+SPEED_MARGIN = 1.0  # "faster": the ratio of median times exceeds 1
+SHARPNESS_MARGIN = 0.2  # "blurrier": a log-sharpness gap of 0.2 (sharpness x 0.82) or more
+SIMILARITY_MARGIN = 0.05  # "imitates": nearest-training similarity 0.05 above held-out slices
+NON_INFERIORITY = 0.1  # "no worse": KID worse by less than 10% of the reference's KID
+
+
+def _claim(text, interval=None, margin=None, evidence="", outcome=None):
+    """A claim's row: verdict from `interval` vs `margin` (or `outcome`), effect, interval."""
+    if outcome is None:
+        outcome = "N/A" if interval is None else verdict(interval, margin)
+    row = {"claim": text, "verdict": outcome, "evidence": evidence, "margin": margin}
+    if interval is not None:
+        row.update(effect=interval.estimate, interval=[interval.low, interval.high],
+                   level=interval.level)
+    return row
 
 
 def _variant(results, model, variant):
     return results["models"].get(model, {}).get("variants", {}).get(variant)
 
 
-def check_claims(results):
-    """Checks each of the paper's conclusions against the measured numbers.
+def _steady_epochs(results, model):
+    seconds = results["models"][model].get("history", {}).get("epoch_seconds", [])
+    return list(seconds[1:])  # the first epoch includes tracing
 
-    Returns a list of dicts `{claim, verdict ("PASS" | "FAIL" | "N/A"), evidence}`.
-    """
-    claims = []
 
-    def add(claim, passed, evidence):
-        verdict = "N/A" if passed is None else ("PASS" if passed else "FAIL")
-        claims.append({"claim": claim, "verdict": verdict, "evidence": evidence})
+def trains_faster(results, evidence):
+    text = "The VAE trains faster per epoch than the diffusion (denoiser) model."
+    if not {"vae", "denoiser"} <= set(results["models"]):
+        return None
+    vae, den = _steady_epochs(results, "vae"), _steady_epochs(results, "denoiser")
+    if min(len(vae), len(den)) < 2:
+        return _claim(text, outcome="INCONCLUSIVE",
+                      evidence=f"too few timed epochs ({len(vae)} VAE, {len(den)} denoiser; "
+                      "the first epoch, which traces, is not counted)")
+    ratio = median_ratio(den, vae)
+    return _claim(text, ratio, SPEED_MARGIN, f"denoiser/VAE seconds per epoch {ratio.text()}; "
+                  f"VAE {np.median(vae):.2f} s, denoiser {np.median(den):.2f} s (medians)")
 
-    vae = _variant(results, "vae", "vae")
-    ddim = _variant(results, "diffusion", "ddim")
-    ddpm = _variant(results, "diffusion", "ddpm")
-    paper = _variant(results, "denoiser", "denoiser_paper")
-    from_noise = _variant(results, "denoiser", "denoiser_noise")
-    models = results["models"]
 
-    if "vae" in models and "denoiser" in models:
-        v, d = models["vae"]["seconds_per_epoch"], models["denoiser"]["seconds_per_epoch"]
-        add("The VAE trains faster per epoch than the diffusion (denoiser) model.", v < d,
-            f"VAE {v:.2f} s/epoch vs denoiser {d:.2f} s/epoch")
-    if vae and ddim:
-        v, d = vae["images_per_second"], ddim["images_per_second"]
-        add("The VAE generates images faster than the diffusion model.", v > d,
-            f"VAE {v:.1f} img/s vs DDIM-{ddim['steps']} {d:.2f} img/s"
-            + (f" vs DDPM-{ddpm['steps']} {ddpm['images_per_second']:.3f} img/s" if ddpm else ""))
-        vs, ds = vae["metrics"]["sharpness_mean"], ddim["metrics"]["sharpness_mean"]
-        real = results.get("real_metrics", {}).get("sharpness_mean")
-        add("VAE samples are blurrier than diffusion samples.", vs < ds,
-            f"sharpness (variance of Laplacian) VAE {vs:.1f} vs DDIM {ds:.1f}"
-            + (f" (real images {real:.1f})" if real is not None else ""))
-        vf, df = vae["metrics"].get("kid_mean"), ddim["metrics"].get("kid_mean")
-        if vf is not None and df is not None:
-            add("Diffusion samples keep more detail of real CT than VAE samples (lower KID/FID).",
-                df < vf,
-                f"KID VAE {vf:.4f} vs DDIM {df:.4f}; FID VAE {vae['metrics']['fid']:.2f} "
-                f"vs DDIM {ddim['metrics']['fid']:.2f}")
-    if paper:
-        share = paper["metrics"].get("memorization_share")
-        sim = paper["metrics"].get("nearest_similarity_mean")
-        add("The paper's denoiser 'almost perfectly imitates the original image' "
-            "(its samples are noised training images, restored).",
-            None if share is None else share >= 0.5,
-            f"{share:.0%} of its samples are near-copies of a training image "
-            f"(mean nearest similarity {sim:.3f})" if share is not None else "not measured")
-    dpm = _variant(results, "diffusion", "dpm++")
-    if dpm and ddim and dpm.get("metrics") and ddim.get("metrics") \
-            and dpm["metrics"].get("kid_mean") is not None \
-            and ddim["metrics"].get("kid_mean") is not None:
-        pk, dk = dpm["metrics"]["kid_mean"], ddim["metrics"]["kid_mean"]
-        tolerance = max(dpm["metrics"].get("kid_std") or 0.0, ddim["metrics"].get("kid_std") or 0.0)
-        add(f"(Beyond the paper) DPM-Solver++ at {dpm['steps']} steps is no worse than DDIM at "
-            f"{ddim['steps']} steps (KID, within one subset std).", pk <= dk + tolerance,
-            f"KID DPM++-{dpm['steps']} {pk:.4f} vs DDIM-{ddim['steps']} {dk:.4f} (std "
-            f"{tolerance:.4f}); FID {dpm['metrics']['fid']:.2f} vs {ddim['metrics']['fid']:.2f}; "
-            f"{dpm['images_per_second']:.2f} vs {ddim['images_per_second']:.2f} img/s")
+def generates_faster(results, evidence):
+    text = "The VAE generates images faster than the diffusion model."
+    vae, ddim = _variant(results, "vae", "vae"), _variant(results, "diffusion", "ddim")
+    if not (vae and ddim):
+        return None
+    v_runs, d_runs = vae.get("speed_runs", []), ddim.get("speed_runs", [])
+    if min(len(v_runs), len(d_runs)) < 3:
+        return _claim(text, outcome="INCONCLUSIVE", evidence="fewer than 3 timed runs per model")
+    ratio = median_ratio(v_runs, d_runs)
+    return _claim(text, ratio, SPEED_MARGIN,
+                  f"VAE/DDIM-{ddim['steps']} images per second {ratio.text()}; VAE "
+                  f"{vae['images_per_second']:.1f}, DDIM {ddim['images_per_second']:.2f} img/s")
+
+
+def blurrier(results, evidence):
+    """Judged against the real slices: noise that lifts a model's sharpness above the real
+    value counts as far from real, as a blur does, so a noisy diffusion model does not pass."""
+    text = ("VAE samples are blurrier than diffusion samples (judged against the real slices: "
+            "sharpness above the real value does not count as detail).")
+    sharp = evidence.get("sharpness", {})
+    if not {"vae", "ddim", "real"} <= set(sharp):
+        return None
+    v, d, r = (np.log(np.maximum(sharp[k], 1e-12)) for k in ("vae", "ddim", "real"))
+
+    def effect(i, j, m):
+        real = r[m].mean()
+        return (real - v[i].mean()) - abs(real - d[j].mean())
+
+    gap = bootstrap(effect, (len(v), len(d), len(r)))
+    return _claim(text, gap, SHARPNESS_MARGIN,
+                  f"log-sharpness deficit of the VAE minus the DDIM's distance to real "
+                  f"{gap.text()}; variance of Laplacian (medians) VAE {np.median(sharp['vae']):.0f}"
+                  f", DDIM {np.median(sharp['ddim']):.0f}, real {np.median(sharp['real']):.0f}")
+
+
+def more_detail(results, evidence):
+    text = "Diffusion samples are closer to real CT than VAE samples (lower KID)."
+    feats = evidence.get("features", {})
+    if not {"vae", "ddim", "real"} <= set(feats):
+        return None
+    gap = kid_difference(feats["vae"], feats["ddim"], feats["real"])
+    return _claim(text, gap, 0.0, f"KID(VAE) - KID(DDIM) {gap.text()} "
+                  f"({evidence.get('feature_extractor', 'features')})")
+
+
+def denoiser_imitates(results, evidence):
+    text = ("The paper's denoiser 'almost perfectly imitates the original image' (its samples "
+            "are closer to a training image than held-out real slices are).")
+    sims = evidence.get("similarity", {})
+    if not {"denoiser_paper", "real"} <= set(sims):
+        return None
+    gap = mean_difference(sims["denoiser_paper"], sims["real"])
+    return _claim(text, gap, SIMILARITY_MARGIN,
+                  f"nearest-training similarity, samples minus held-out real {gap.text()}")
+
+
+def not_generative(results, evidence):
+    text = ("The paper's denoiser is not a generative model: from pure noise its outputs are "
+            "farther from real CT than real CT is (KID).")
+    feats = evidence.get("features", {})
+    if not {"denoiser_noise", "reference", "real"} <= set(feats):
+        return None
+    gap = kid_difference(feats["denoiser_noise"], feats["reference"], feats["real"])
+    return _claim(text, gap, 0.0, f"KID(from noise) - KID(real training slices) {gap.text()}")
+
+
+def dpm_no_worse(results, evidence):
+    dpm, ddim = _variant(results, "diffusion", "dpm++"), _variant(results, "diffusion", "ddim")
+    feats = evidence.get("features", {})
+    if not (dpm and ddim and {"dpm++", "ddim", "real"} <= set(feats)):
+        return None
+    text = (f"(Beyond the paper) DPM-Solver++ at {dpm['steps']} steps is no worse than DDIM at "
+            f"{ddim['steps']} steps (KID worse by less than {NON_INFERIORITY:.0%} of DDIM's).")
+    gap = kid_difference(feats["ddim"], feats["dpm++"], feats["real"])  # > 0: DPM++ better
+    margin = -NON_INFERIORITY * abs(ddim.get("metrics", {}).get("kid_mean") or 0.0)
+    return _claim(text, gap, margin, f"KID(DDIM) - KID(DPM++) {gap.text()}; margin {margin:.3g}; "
+                  f"{dpm['images_per_second']:.2f} vs {ddim['images_per_second']:.2f} img/s")
+
+
+def class_fidelity(results, evidence):
     conditioned = [(v["label"], v["metrics"]["class_fidelity"], sum(v["class_counts"]))
-                   for entry in models.values() for v in entry.get("variants", {}).values()
+                   for entry in results["models"].values()
+                   for v in entry.get("variants", {}).values()
                    if v.get("conditional") and (v.get("metrics") or {}).get("class_fidelity")
                    is not None]
-    if conditioned:
-        chance = 1.0 / NUM_CLASSES
-        p_values = [above_chance_p(value, n, chance) for _, value, n in conditioned]
-        add("(Beyond the paper) Class-conditional models generate the requested class "
-            f"(class fidelity above chance, {chance:.0%}: one-sided binomial p < "
-            f"{SIGNIFICANCE}).",
-            all(p < SIGNIFICANCE for p in p_values),
-            "; ".join(f"{label} {value:.0%} of {n} (p={p:.2g})"
-                      for (label, value, n), p in zip(conditioned, p_values, strict=True))
-            + (f"; real held-out slices {results['classifier']['test_accuracy']:.0%}"
-               if results.get("classifier") else ""))
-    if paper and from_noise:
-        pf, nf = paper["metrics"].get("kid_mean"), from_noise["metrics"].get("kid_mean")
-        if pf is not None and nf is not None:
-            add("The paper's denoiser is not a generative model: from pure noise it does not "
-                "produce CT slices.", nf > pf,
-                f"KID from noise {nf:.4f} vs from noised real images {pf:.4f}")
-    return claims
+    if not conditioned:
+        return None
+    chance = 1.0 / NUM_CLASSES
+    text = (f"(Beyond the paper) Class-conditional models generate the requested class (class "
+            f"fidelity above chance, {chance:.0%}; one-sided level {SIGNIFICANCE}).")
+    rows = [(label, fidelity_interval(value, n)) for label, value, n in conditioned]
+    outcomes = {verdict(interval, chance) for _, interval in rows}
+    outcome = "FAIL" if "FAIL" in outcomes else (
+        "INCONCLUSIVE" if "INCONCLUSIVE" in outcomes else "PASS")
+    evidence_text = "; ".join(f"{label} {interval.text(2)} of {n}" for (label, interval), (_, _, n)
+                              in zip(rows, conditioned, strict=True))
+    if results.get("classifier"):
+        evidence_text += f"; real held-out slices {results['classifier']['test_accuracy']:.0%}"
+    return _claim(text, evidence=evidence_text, outcome=outcome, margin=chance)
 
 
-def above_chance_p(accuracy, n, chance):
-    """One-sided binomial p-value of `accuracy` over `n` trials against `chance` (scipy)."""
+def fidelity_interval(accuracy, n):
+    """Clopper-Pearson interval of a class-fidelity share over `n` samples, at 1 - 2 alpha."""
     from scipy.stats import binomtest
 
-    return float(binomtest(int(round(accuracy * n)), n, chance, alternative="greater").pvalue)
+    hits = int(round(accuracy * n))
+    ci = binomtest(hits, n).proportion_ci(confidence_level=1.0 - 2.0 * SIGNIFICANCE)
+    return Interval(hits / n, float(ci.low), float(ci.high), 1.0 - 2.0 * SIGNIFICANCE)
+
+
+CLAIMS = (trains_faster, generates_faster, blurrier, more_detail, denoiser_imitates,
+          dpm_no_worse, class_fidelity, not_generative)
+
+
+def check_claims(results, evidence=None):
+    """Every claim the run measured, as a list of rows.
+
+    Args:
+        results: the results dict of `compare` (models, variants, histories, timings).
+        evidence: per-image arrays kept by `compare`: `sharpness` and `features` (dicts from a
+            variant name, "real" (held-out slices) or "reference" (training slices scored
+            like samples) to an array), `similarity` (nearest-training similarity per image),
+            `feature_extractor` (its name).
+
+    Returns:
+        Rows `{claim, verdict, evidence, margin}`, plus `effect`, `interval` and `level` where
+        an interval decided the verdict. Verdicts are PASS, FAIL, INCONCLUSIVE or N/A.
+    """
+    rows = [claim(results, evidence or {}) for claim in CLAIMS]
+    return [row for row in rows if row is not None]
+

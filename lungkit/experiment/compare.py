@@ -18,6 +18,7 @@ Settings are the frozen dataclasses of `lungkit.experiment.config`; the claims a
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def compare(config=None, out_dir=None, progress=True):
         The results dict also written to `out_dir/metrics.json`.
     """
     from lungkit.evaluation import metrics
+    from lungkit.evaluation.features import get_feature_extractor
     from lungkit.experiment import report
 
     if config is None or isinstance(config, str):
@@ -94,21 +96,17 @@ def compare(config=None, out_dir=None, progress=True):
     started = time.time()
 
     train_x, train_y, test_x, test_y, data_info = load_split(config, out_dir)
-
-    from lungkit.evaluation.features import get_feature_extractor
-
     extractor = get_feature_extractor(
         config.features, train_images=train_x, train_labels=train_y,
         cache_dir=out_dir / "features",
     )
-
     real_stats = metrics.FeatureStats.from_images(test_x, extractor, out_dir / "features")
-    results = {
-        "config": config.to_dict(),
-        "data": data_info,
-        "feature_extractor": extractor.name,
-        "models": {},
-    }
+    results = {"config": config.to_dict(), "data": data_info, "machine": machine_info(),
+               "feature_extractor": extractor.name, "models": {}}
+    evidence = {"feature_extractor": extractor.name, "features": {"real": real_stats.features},
+                "sharpness": {"real": metrics.sharpness(test_x)},
+                "similarity": {"real": metrics.memorization(test_x, train_x)["similarity"]}}
+    scoring = dict(test=test_x, train=train_x, extractor=extractor, real_stats=real_stats)
     classifier, class_options = None, {}
     if config.conditional:
         classifier = _class_classifier(config, train_x, train_y, out_dir / "features", progress)
@@ -124,40 +122,79 @@ def compare(config=None, out_dir=None, progress=True):
         entry, model_samples = train_and_sample(
             model_name, config, train_x, train_y, out_dir / model_name, progress=progress
         )
+        samples.update(model_samples)
         for variant, images in model_samples.items():
-            samples[variant] = images
-            info = entry["variants"][variant]
-            if info.get("evaluate", True):
-                labels = None
-                if info.get("conditional") and class_options:
-                    labels = labels_from_counts(info["class_counts"])
-                info["metrics"] = metrics.evaluate(
-                    images, test_x, train=train_x, features=extractor, real_stats=real_stats,
-                    seed=config.seed, generated_labels=labels, tstr_steps=config.tstr_steps,
-                    **(class_options if labels is not None else {}),
-                )
+            if entry["variants"][variant].get("evaluate", True):
+                _score_variant(entry["variants"][variant], images, config, scoring,
+                               class_options, evidence, variant)
         results["models"][model_name] = entry
         _write_json(results, out_dir / "metrics.json")  # nothing lost if a later model fails
 
-    # Reference row: real training images scored like samples (what a perfect model gets),
-    # drawn at random: the training arrays are ordered by class.
-    pick = np.sort(np.random.default_rng(config.seed).choice(
-        len(train_x), size=min(config.n_generate, len(train_x)), replace=False))
-    results["real_metrics"] = metrics.evaluate(
-        train_x[pick], test_x, train=None, features=extractor, real_stats=real_stats,
-        seed=config.seed, generated_labels=train_y[pick] if classifier else None,
-        real_labels=test_y if classifier else None, tstr_steps=config.tstr_steps,
-    )
-    if classifier is not None:  # what held-out real slices score: the ceiling of fidelity
-        results["real_metrics"]["class_fidelity"] = results["classifier"]["test_accuracy"]
-        results["real_metrics"]["class_fidelity_per_class"] = \
-            results["classifier"]["test_accuracy_per_class"]
-    results["claims"] = check_claims(results)
+    results["real_metrics"] = _reference_row(config, train_x, train_y, test_y, scoring,
+                                             results.get("classifier"), evidence)
+    results["claims"] = check_claims(results, evidence)
     results["wall_seconds"] = time.time() - started
     _write_json(results, out_dir / "metrics.json")
     report.write_report(results, samples, (train_x, train_y), out_dir)
     logger.info("Report written to %s (%.0f s)", out_dir / "report.html", results["wall_seconds"])
     return results
+
+
+def _score_variant(info, images, config, scoring, class_options, evidence, variant):
+    """`evaluate`s one sampler's images into `info["metrics"]` and keeps its per-image
+    arrays (sharpness, features, nearest-training similarity) in `evidence` for the claims."""
+    from lungkit.evaluation import metrics
+
+    labels = None
+    if info.get("conditional") and class_options:
+        labels = labels_from_counts(info["class_counts"])
+    info["metrics"] = metrics.evaluate(
+        images, scoring["test"], train=scoring["train"], features=scoring["extractor"],
+        real_stats=scoring["real_stats"], seed=config.seed, generated_labels=labels,
+        tstr_steps=config.tstr_steps, **(class_options if labels is not None else {}),
+    )
+    evidence["sharpness"][variant] = metrics.sharpness(images)
+    evidence["features"][variant] = scoring["extractor"](images)
+    evidence["similarity"][variant] = metrics.memorization(images, scoring["train"])["similarity"]
+
+
+def _reference_row(config, train_x, train_y, test_y, scoring, classifier, evidence):
+    """Real training slices scored like samples, at the models' n (what a perfect model gets),
+    drawn at random: the training arrays are ordered by class."""
+    from lungkit.evaluation import metrics
+
+    pick = np.sort(np.random.default_rng(config.seed).choice(
+        len(train_x), size=min(config.n_generate, len(train_x)), replace=False))
+    row = metrics.evaluate(
+        train_x[pick], scoring["test"], train=None, features=scoring["extractor"],
+        real_stats=scoring["real_stats"], seed=config.seed,
+        generated_labels=train_y[pick] if classifier else None,
+        real_labels=test_y if classifier else None, tstr_steps=config.tstr_steps,
+    )
+    evidence["features"]["reference"] = scoring["extractor"](train_x[pick])
+    if classifier is not None:  # what held-out real slices score: the ceiling of fidelity
+        row["class_fidelity"] = classifier["test_accuracy"]
+        row["class_fidelity_per_class"] = classifier["test_accuracy_per_class"]
+    return row
+
+
+def machine_info():
+    """What the timings ran on: CPU model and cores, GPUs, Python, TensorFlow and Keras."""
+    import platform
+
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")],
+            "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
 def _class_classifier(config, train_x, train_y, cache_dir, progress):

@@ -102,6 +102,10 @@ class ExperimentConfig:
     phantom_per_class: int = 40
     seed: int = 0
     n_generate: int = 64  # samples per model for the metrics
+    # Generation speed: every model timed `timing_repeats` times on one batch of
+    # `timing_images` (one shape for all, warmed up first); the claims use the runs' spread.
+    timing_images: int = 16
+    timing_repeats: int = 3
     models: tuple = ("vae", "denoiser", "diffusion")
     features: str = "auto"  # FID/KID features: "auto" | "inception" | "domain"
     strategy: str = "auto"  # tf.distribute strategy every model is built and trained under
@@ -127,7 +131,7 @@ class ExperimentConfig:
             )
         check_channels(self.channels)
         for field in ("image_size", "classifier_steps", "classifier_members", "tstr_steps",
-                      "phantom_per_class"):
+                      "phantom_per_class", "timing_images", "timing_repeats"):
             check_int(field, getattr(self, field))
         check_int("n_generate", self.n_generate, low=2)
         check_optional_int("limit", self.limit)

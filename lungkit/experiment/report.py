@@ -211,10 +211,46 @@ def _figures(results, samples, real, figures_dir):
     return made
 
 
+def _interval_text(claim):
+    if claim.get("interval") is None:
+        return "-"
+    low, high = claim["interval"]
+    return f"{claim['effect']:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def conclusion(results):
+    """One paragraph: what was compared, on which data and size, and what the evidence says."""
+    config, data = results["config"], results["data"]
+    claims = results.get("claims") or []
+    counts = {v: sum(c["verdict"] == v for c in claims)
+              for v in ("PASS", "FAIL", "INCONCLUSIVE", "N/A")}
+    names = ", ".join(results["models"]) or "no models"
+    decided = "; ".join(f"{c['verdict']}: {c['claim']}" for c in claims
+                        if c["verdict"] in ("PASS", "FAIL"))
+    open_ = [c["claim"] for c in claims if c["verdict"] == "INCONCLUSIVE"]
+    text = (f"**Conclusion.** Compared {names} on {data['n_images']} "
+            f"{'synthetic phantom' if data['source'] == 'phantom' else 'user-supplied'} slices "
+            f"at {config['image_size']} px ({config['n_generate']} samples per model against "
+            f"{data['n_test']} held-out slices). Of {len(claims)} claims, {counts['PASS']} "
+            f"passed, {counts['FAIL']} failed and {counts['INCONCLUSIVE']} were inconclusive at "
+            "this sample size. ")
+    if decided:
+        text += f"Decided: {decided}. "
+    if open_:
+        text += "Not decided by these images: " + "; ".join(open_) + "."
+    return text
+
+
 def build_blocks(results, figures):
     """The report as blocks: ("h1"|"h2"|"p"|"table"|"figure", payload)."""
     config, data = results["config"], results["data"]
     blocks = [("h1", f"lungkit comparison report: {config['name']}")]
+    if data["source"] == "phantom":
+        blocks.append(("p", (
+            "**Synthetic data.** These images are lungkit's phantom chest-CT slices, not "
+            "patients: the figures test the pipeline and the models' behaviour, not clinical "
+            "realism. Run `lungkit compare --data DIR` on IQ-OTH/NCCD for the paper's data.")))
+    blocks.append(("p", conclusion(results)))
     blocks.append(("p", (
         f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} in {results['wall_seconds']:.0f} s. "
         f"Data: {data['source']} ({data['data_dir']}), {data['n_images']} slices "
@@ -233,12 +269,20 @@ def build_blocks(results, figures):
             "InceptionV3 ImageNet weights were not found on this machine, so the features come "
             "from lungkit's domain encoder: a denoising autoencoder trained on the real training "
             "split, whose multi-scale activation statistics describe anatomy, noise and blur. "
-            "Its FID/KID rank models correctly but are not comparable with Inception-based "
-            "figures in the literature.")))
+            "It was trained on the generators' own training split and responds mostly to blur "
+            "and noise, so its FID/KID largely restate sharpness; they are not comparable with "
+            "Inception-based figures in the literature.")))
     if results.get("claims"):
         blocks.append(("h2", "The paper's claims, checked"))
-        blocks.append(("table", (["Claim", "Verdict", "Measured"],
-                                 [[c["claim"], c["verdict"], c["evidence"]]
+        blocks.append(("p", (
+            "Each claim is a test: the effect is measured on these images and given a 95% "
+            "bootstrap interval (images resampled with replacement; class fidelity: the exact "
+            "binomial interval). PASS: the whole interval is beyond the claim's margin; FAIL: "
+            "the whole interval falls short of it; INCONCLUSIVE: these images cannot decide.")))
+        blocks.append(("table", (["Claim", "Verdict", "Effect [95% interval]", "Margin",
+                                  "Measured"],
+                                 [[c["claim"], c["verdict"], _interval_text(c),
+                                   _fmt(c.get("margin"), "{:.3g}"), c["evidence"]]
                                   for c in results["claims"]])))
     blocks.append(("h2", "Results"))
     blocks.append(("table", _results_table(results)))
@@ -258,7 +302,7 @@ def build_blocks(results, figures):
             f"real training split (**{classifier.get('name', 'domain encoder')}**) assigns to "
             "the class they were generated for (chance: 33%); the reference row is the same "
             "judge on the held-out real slices, the most a model can score. The claim needs "
-            "each model above chance (one-sided binomial test). TSTR: a classifier trained only on a "
+            "each model's exact binomial interval above chance. TSTR: a classifier trained only on a "
             "model's samples, tested on the held-out real slices (reference: trained on as "
             "many real training slices).")))
         blocks.append(("table", (header, rows)))

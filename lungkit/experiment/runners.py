@@ -41,21 +41,31 @@ def _diffusion_arguments(section):
             "attention_levels": section.attention_levels, "ema_decay": section.ema_decay}
 
 
-def timed_generate(generate, n, **kwargs):
-    """Calls `generate(n, **kwargs)` once to warm up on 2 images, then times `n` images.
+def timed_generate(generate, n, config, repeats=None, **kwargs):
+    """Generates `n` images, then times `repeats` runs on `config.timing_images` of them.
 
-    A per-image `label` sequence is cut to the warm-up's size.
+    Every model is timed at one batch shape (`config.timing_images`, cut to `n`), after a
+    warm-up call at that shape (the sampling call itself when the shapes agree), so no timed run
+    traces. A per-image `label` sequence is cut to the timed size.
 
-    Returns `(images, images_per_second)`.
+    Returns:
+        `(images, timing)`: timing holds `images_per_second` (the median run),
+        `speed_runs` (images per second of each run) and `timed_images`.
     """
-    warm = dict(kwargs)
-    if isinstance(warm.get("label"), (list, tuple, np.ndarray)):
-        warm["label"] = warm["label"][: min(2, n)]
-    generate(min(2, n), **warm)  # traces and compiles the sampling step
-    start = time.perf_counter()
-    images = np.asarray(generate(n, **kwargs))
-    elapsed = time.perf_counter() - start
-    return images, n / max(elapsed, 1e-9)
+    images = np.asarray(generate(n, **kwargs))  # also the warm-up when n == timed
+    timed = min(n, config.timing_images)
+    options = dict(kwargs)
+    if isinstance(options.get("label"), (list, tuple, np.ndarray)):
+        options["label"] = options["label"][:timed]
+    if timed != n:
+        generate(timed, **options)  # traces the timed shape
+    runs = []
+    for _ in range(config.timing_repeats if repeats is None else repeats):
+        start = time.perf_counter()
+        generate(timed, **options)
+        runs.append(timed / max(time.perf_counter() - start, 1e-9))
+    return images, {"images_per_second": float(np.median(runs)), "speed_runs": runs,
+                    "timed_images": timed}
 
 
 def _train(model, config_section, train_x, train_y, out_dir, config, name, epochs=None):
@@ -107,9 +117,9 @@ def run_vae(config, train_x, train_y, out_dir, progress=True):
                 widths=c.widths, beta=c.beta, decoder=c.decoder, seed=seed, **conditional)
     entry = _train(model, c, train_x, train_y, out_dir, config, "vae")  # fits the class prior
     labels = {"label": balanced_labels(n)} if config.conditional else {}
-    images, speed = timed_generate(model.generate, n, seed=seed, **labels)
+    images, timing = timed_generate(model.generate, n, config, seed=seed, **labels)
     label = "Conditional VAE (fitted class prior)" if labels else "VAE"
-    entry["variants"]["vae"] = {"label": label, "steps": 1, "images_per_second": speed}
+    entry["variants"]["vae"] = {"label": label, "steps": 1, **timing}
     if labels:
         entry["variants"]["vae"].update(_conditional_variant(labels["label"]))
     return entry, {"vae": images}
@@ -129,14 +139,14 @@ def run_denoiser(config, train_x, train_y, out_dir, progress=True):
                          widths=c.widths, seed=seed)
     entry = _train(model, c, train_x, train_y, out_dir, config, "denoiser")
     pick = np.random.default_rng(seed).choice(len(train_x), size=n, replace=len(train_x) < n)
-    paper, paper_speed = timed_generate(model.generate, n, source_images=train_x[pick],
-                                        seed=seed, progress=progress)
-    noise, noise_speed = timed_generate(model.generate, n, seed=seed, progress=progress)
+    paper, paper_timing = timed_generate(model.generate, n, config,
+                                         source_images=train_x[pick], seed=seed,
+                                         progress=progress)
+    noise, noise_timing = timed_generate(model.generate, n, config, seed=seed, progress=progress)
     entry["variants"]["denoiser_paper"] = {
-        "label": "Denoiser (paper: noised training images)", "steps": 1,
-        "images_per_second": paper_speed}
+        "label": "Denoiser (paper: noised training images)", "steps": 1, **paper_timing}
     entry["variants"]["denoiser_noise"] = {
-        "label": "Denoiser from pure noise", "steps": 1, "images_per_second": noise_speed}
+        "label": "Denoiser from pure noise", "steps": 1, **noise_timing}
     return entry, {"denoiser_paper": paper, "denoiser_noise": noise}
 
 
@@ -155,16 +165,16 @@ def run_diffusion(config, train_x, train_y, out_dir, progress=True):
                            **_diffusion_arguments(c), **conditional)
     entry = _train(model, c, train_x, train_y, out_dir, config, "diffusion")
 
-    def sample(name, title, count, steps, sampler, **extra):
+    def sample(name, title, count, steps, sampler, repeats=None, **extra):
         """Generates, times and describes one sampler's images."""
         options = {}
         if config.conditional:
             options = {"label": balanced_labels(count), "guidance": c.guidance}
             title += f" (w={c.guidance:g})"
-        images, speed = timed_generate(model.generate, count, steps=steps, sampler=sampler,
-                                       seed=seed, progress=progress, **options)
-        entry["variants"][name] = {"label": title, "steps": steps,
-                                   "images_per_second": speed, **extra}
+        images, timing = timed_generate(model.generate, count, config, repeats, steps=steps,
+                                        sampler=sampler, seed=seed, progress=progress,
+                                        **options)
+        entry["variants"][name] = {"label": title, "steps": steps, **timing, **extra}
         if options:
             entry["variants"][name].update(_conditional_variant(options["label"]))
         return images
@@ -173,7 +183,7 @@ def run_diffusion(config, train_x, train_y, out_dir, progress=True):
     dpm = sample("dpm++", f"DPM-Solver++-{c.dpm_steps}", n, c.dpm_steps, "dpm++")
     # too few DDPM images for distribution metrics: timed and shown only
     ddpm = sample("ddpm", f"DDPM-{c.timesteps}", c.ddpm_timing_images, c.timesteps, "ddpm",
-                  evaluate=False)
+                  repeats=1, evaluate=False)  # the costly chain: timed once
     return entry, {"ddim": ddim, "dpm++": dpm, "ddpm": ddpm}
 
 
@@ -209,10 +219,9 @@ def run_latent(config, train_x, train_y, out_dir, progress=True):
     if config.conditional:
         options = {"label": balanced_labels(n), "guidance": c.guidance}
         title += f" (w={c.guidance:g})"
-    images, speed = timed_generate(model.generate, n, steps=c.sampling_steps,
-                                   sampler="ddim", seed=seed, progress=progress, **options)
-    entry["variants"]["latent"] = {"label": title, "steps": c.sampling_steps,
-                                   "images_per_second": speed}
+    images, timing = timed_generate(model.generate, n, config, steps=c.sampling_steps,
+                                    sampler="ddim", seed=seed, progress=progress, **options)
+    entry["variants"]["latent"] = {"label": title, "steps": c.sampling_steps, **timing}
     if options:
         entry["variants"]["latent"].update(_conditional_variant(options["label"]))
     return entry, {"latent": images}

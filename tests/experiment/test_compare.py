@@ -78,7 +78,14 @@ def test_compare_writes_every_artefact(tmp_path, tiny_features):
     vae = saved["models"]["vae"]["variants"]["vae"]["metrics"]
     for key in ("sharpness_mean", "fid", "kid_mean", "precision", "recall", "memorization_share"):
         assert np.isfinite(vae[key]), key
-    assert saved["claims"] and {c["verdict"] for c in saved["claims"]} <= {"PASS", "FAIL", "N/A"}
+    assert saved["claims"] and {c["verdict"] for c in saved["claims"]} <= {
+        "PASS", "FAIL", "INCONCLUSIVE", "N/A"}
+    ddim = saved["models"]["diffusion"]["variants"]["ddim"]
+    assert len(ddim["speed_runs"]) == 3 and ddim["timed_images"] == 8  # one shape, 3 runs
+    assert ddim["images_per_second"] == np.median(ddim["speed_runs"])
+    assert saved["machine"]["cores"] >= 1 and saved["machine"]["tensorflow"]
+    sharpness = next(c for c in saved["claims"] if "blurrier" in c["claim"])
+    assert sharpness["interval"][0] <= sharpness["effect"] <= sharpness["interval"][1]
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)  # self-contained
     report_md = (run / "report.md").read_text()
