@@ -316,9 +316,14 @@ def normalize(images):
     if images.dtype == bool:
         return images.astype(np.float32)
     if np.issubdtype(images.dtype, np.floating):
-        if images.size and (np.nanmin(images) < 0 or np.nanmax(images) > 1):
+        finite = np.isfinite(images)
+        if not finite.all():
+            where = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise ValueError(f"`images` hold {int((~finite).sum())} NaN or infinite value(s), "
+                             f"the first at index {where}; expected finite values in [0, 1].")
+        if images.size and (images.min() < 0 or images.max() > 1):
             raise ValueError(f"Float `images` must already be in [0, 1]. Received values in "
-                             f"[{np.nanmin(images):g}, {np.nanmax(images):g}]")
+                             f"[{images.min():g}, {images.max():g}]")
         return images.astype(np.float32)
     raise TypeError(f"`images` must be uint8, uint16, bool or float. Received dtype {images.dtype}")
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from lungkit.checks import check_int
-from lungkit.data.images import list_image_files, load_image
+from lungkit.data.images import list_image_files, load_image, normalize
 from lungkit.files import data_hash, files_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -221,10 +221,7 @@ def _check_arrays(images):
     if not np.issubdtype(images.dtype, np.floating):
         raise TypeError(f"`images` must be uint8 (0..255) or float in [0, 1]. Received dtype "
                         f"{images.dtype}")
-    if images.min() < 0 or images.max() > 1:
-        raise ValueError(f"Float `images` must be in [0, 1]. Received values in "
-                         f"[{images.min():g}, {images.max():g}]")
-    return images.astype(np.float32)
+    return normalize(images)  # refuses NaN, infinity and values outside [0, 1]
 
 
 def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_size=128,

@@ -336,7 +336,7 @@ def load_backup(model, backup_dir):
 
     Raises:
         ValueError: the backup does not fit the model (another size, width or model),
-            naming the folder.
+            naming the folder, or its weights file is corrupt, naming the file.
     """
     state = _backup_state(backup_dir)
     if state is None:
@@ -344,8 +344,14 @@ def load_backup(model, backup_dir):
     backup_dir = Path(backup_dir)
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
+    weights = backup_dir / state["weights"]
     try:
-        model.load_weights(backup_dir / state["weights"])
+        model.load_weights(weights)
+    except OSError as error:  # h5py: truncated, garbage or unreadable
+        raise ValueError(
+            f"The backup weights file {weights} cannot be read ({error}): it is corrupt or "
+            f"truncated. Nothing was changed: the run's saved .keras models are intact; move "
+            f"{backup_dir} aside to restart from epoch 0, or train with retrain.") from error
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"The backup in {backup_dir} does not fit this {type(model).__name__} "
                          f"(trained with other settings?): {error}") from error

@@ -273,3 +273,12 @@ def test_dataset_info_names_the_copy(tmp_path, total, words):
     info = dataset_info(tmp_path)
     assert info["files"] == total and words in info["copy"]
     assert len(info["unreadable"]) == total
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_normalize_refuses_nan_and_infinity_naming_where(bad):
+    images = np.zeros((2, 4, 4, 1), dtype="float32")
+    images[1, 2, 3, 0] = bad
+    with pytest.raises(ValueError, match=r"1 NaN or infinite value\(s\), the first at index "
+                                         r"\(1, 2, 3, 0\)"):
+        normalize(images)

@@ -150,7 +150,7 @@ def test_argument_errors():
         make_dataset(images, with_labels=True)
     with pytest.raises(ValueError, match=r"`labels` must have shape \(10,\)"):
         make_dataset(images, labels[:3], with_labels=True)
-    with pytest.raises(ValueError, match=r"Float `images` must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"Float `images` must already be in \[0, 1\]"):
         make_dataset(images.astype(np.float32))
     with pytest.raises(TypeError, match="uint8 .* or float"):
         make_dataset(images.astype(np.int64))
@@ -190,3 +190,10 @@ def test_unreadable_streamed_files_are_dropped(make_iq_dir, tmp_path):
                                batch_size=8, image_size=8, with_labels=True)
         seen = np.concatenate([lab.numpy() for _, lab in dataset])
         assert sorted(seen.tolist()) == sorted(labels.tolist())
+
+
+def test_make_dataset_refuses_a_nan_pixel():
+    images = np.full((4, 8, 8, 1), 0.5, dtype="float32")
+    images[2, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite.*\(2, 0, 0, 0\)"):
+        make_dataset(images, batch_size=2, image_size=8, channels=1)

@@ -62,3 +62,17 @@ def test_a_corrupt_record_is_named(tmp_path):
     (tmp_path / "vae.run.json").write_text("")
     with pytest.raises(ValueError, match=r"run record .*vae.run.json is corrupt \(it is empty\)"):
         plan_run(RunRecord(tmp_path, "vae"), {}, 1)
+
+
+def test_a_corrupt_backup_weights_file_is_named(tmp_path):
+    from lungkit.training.runs import load_backup, save_backup
+
+    model = VAE(image_size=32, channels=1, latent_dim=4, widths=(8, 16), seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    save_backup(model, tmp_path, epoch=3)
+    assert load_backup(model, tmp_path) == 3
+    weights = tmp_path / "epoch-3.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a crash or a full disk
+    with pytest.raises(ValueError, match="epoch-3.weights.h5 cannot be read.*corrupt"):
+        load_backup(model, tmp_path)
