@@ -16,6 +16,7 @@ epoch comes from an int64 `tf.Variable` read when a pass starts (`dataset.epoch_
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 TF_DECODABLE = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads
 AUTOTUNE = tf.data.AUTOTUNE
+AUTOTUNE_MIN_CORES = 8  # below this, tf.data's autotuner competes with training for the cores
 JPEG_DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at directly
 
 
@@ -327,12 +329,12 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         dataset = dataset.map(
             lambda index: finish(tf.gather(images_t, index),
                                  None if labels_t is None else tf.gather(labels_t, index)),
-            num_parallel_calls=AUTOTUNE, deterministic=True)
+            num_parallel_calls=parallelism(), deterministic=True)
         batches = (tf.data.INFINITE_CARDINALITY if repeat else count // batch_size
                    if drop_remainder else -(-count // batch_size))
         # flat_map hides the length; Keras uses it for progress bars and epoch ends
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
-        dataset = _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
+        dataset = _with_epoch(_bounded(dataset.prefetch(prefetch_depth())), epoch, step)
         dataset.fingerprint = data_hash(images, np.asarray(labels if with_labels else []),
                                         np.frombuffer(repr(options).encode(), "uint8"))
         dataset.image_count = count
@@ -356,10 +358,10 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
             dataset = _shuffled_indices(count, seed, epoch, step, repeat).map(
                 lambda index: tuple(tf.gather(part, index) for part in items))
         # Unreadable files are dropped with a logged warning, as load_data skips them.
-        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = dataset.map(decode, num_parallel_calls=parallelism(), deterministic=True)
         dataset = dataset.ignore_errors(log_warning=True)
     else:
-        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = dataset.map(decode, num_parallel_calls=parallelism(), deterministic=True)
         dataset = dataset.ignore_errors(log_warning=True).cache("" if cache == "memory"
                                 else _cache_path(cache, files, image_size, channels))
         if shuffle:
@@ -367,13 +369,41 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
     if repeat and not shuffle:  # shuffled passes repeat by themselves
         dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = _with_epoch(dataset.prefetch(AUTOTUNE), epoch, step)
+    dataset = dataset.map(finish, num_parallel_calls=parallelism(), deterministic=True)
+    dataset = _with_epoch(_bounded(dataset.prefetch(prefetch_depth())), epoch, step)
     dataset.fingerprint = data_hash(np.frombuffer(files_fingerprint(files).encode(), "uint8"),
                                     np.asarray(labels if with_labels else []),
                                     np.frombuffer(repr(options).encode(), "uint8"))
     dataset.image_count = count  # files that fail to decode are dropped from the batches
     return dataset
+
+
+def _cores():
+    return os.cpu_count() or 1
+
+
+def parallelism():
+    """`num_parallel_calls` of the pipeline's maps: one per core below `AUTOTUNE_MIN_CORES`
+    cores, tf.data's AUTOTUNE from there on.
+
+    On small machines the autotuner's own threads compete with training for the cores and
+    stall later epochs; a fixed parallelism keeps epoch times flat (docs/results.md).
+    """
+    return AUTOTUNE if _cores() >= AUTOTUNE_MIN_CORES else _cores()
+
+
+def prefetch_depth():
+    """Batches prefetched: AUTOTUNE on large machines, 2 (one in use, one ready) below."""
+    return AUTOTUNE if _cores() >= AUTOTUNE_MIN_CORES else 2
+
+
+def _bounded(dataset):
+    """Turns tf.data's autotuner off below `AUTOTUNE_MIN_CORES` cores (see `parallelism`)."""
+    if _cores() >= AUTOTUNE_MIN_CORES:
+        return dataset
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def _with_epoch(dataset, epoch, step):

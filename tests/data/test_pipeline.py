@@ -197,3 +197,14 @@ def test_make_dataset_refuses_a_nan_pixel():
     images[2, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match=r"NaN or infinite.*\(2, 0, 0, 0\)"):
         make_dataset(images, batch_size=2, image_size=8, channels=1)
+
+
+@pytest.mark.parametrize("cores, expected", [(2, 2), (7, 7), (8, tf.data.AUTOTUNE)])
+def test_parallelism_is_one_map_per_core_and_autotune_only_on_large_machines(
+        monkeypatch, cores, expected):
+    monkeypatch.setattr(pipeline_module.os, "cpu_count", lambda: cores)
+    assert pipeline_module.parallelism() == expected
+    dataset = make_dataset(np.zeros((4, 8, 8, 1), "float32"), batch_size=2, image_size=8,
+                           channels=1, seed=0)
+    assert dataset.options().autotune.enabled is (None if cores >= 8 else False)  # default: on
+    assert dataset.fingerprint and len(list(dataset)) == 2  # still the same batches
