@@ -87,7 +87,7 @@ class SamplingStep:
 
     Attributes:
         start: index, among the `n` images asked for, of this batch's first image.
-        count: real images in this batch; the rows after them pad the last batch.
+        count: images in this batch (`x` has exactly this many rows).
         index: the step, 0 .. len(plan) - 1; `final` is True on the last one.
         timestep: t of this step's network call.
         x: float32 tensor `(batch, H, W, C)`, the sample after this step, in model space
@@ -307,7 +307,7 @@ class DiffusionModel(GenerativeModel):
         """Runs a sampler from pure noise and yields every step of every batch.
 
         Arguments as in `generate`; they are checked here, before the first step. Batches of
-        `batch_size` images (the last one padded) run one after the other through all steps,
+        `batch_size` images (the last batch smaller) run one after the other through all steps,
         from the same noise stream as `sample`, so each batch's final `x` is what `sample`
         returns (in model space [-1, 1]).
 
@@ -341,24 +341,30 @@ class DiffusionModel(GenerativeModel):
             state = self.sampling_seeds.state
             state.assign(ops.convert_to_tensor([int(seed), 0], dtype=state.dtype))
         rows = [ops.convert_to_tensor(row, dtype="float32") for row in plan.coefficients]
-        times = [ops.full((chunk,), t / self.timesteps, dtype="float32") for t in plan.timesteps]
         guidance = ops.convert_to_tensor(guidance, dtype="float32")
-        shape, multistep = (chunk, self.image_size, self.image_size, self.channels), plan.multistep
+        multistep = plan.multistep
+        times_of = {}  # chunk size -> the per-step time tensors (the last chunk may be smaller)
         with tqdm(total=len(plan) * -(-n // chunk), desc=bar_title, disable=bar_title is None,
                   unit="step") as bar:
             for start in range(0, n, chunk):
+                size = min(chunk, n - start)  # the last chunk runs at its own size, unpadded
+                if size not in times_of:
+                    times_of[size] = [ops.full((size,), t / self.timesteps, dtype="float32")
+                                      for t in plan.timesteps]
+                times = times_of[size]
+                shape = (size, self.image_size, self.image_size, self.channels)
                 x = keras.random.normal(shape, seed=self.sampling_seeds)
                 chunk_labels = None
-                if labels is not None:  # pad the last chunk to a fixed shape
-                    chunk_labels = ops.convert_to_tensor(np.resize(labels[start:start + chunk],
-                                                                   chunk), dtype="int32")
+                if labels is not None:
+                    chunk_labels = ops.convert_to_tensor(labels[start:start + size],
+                                                         dtype="int32")
                 prev_x0 = ops.zeros(shape) if multistep else None
                 for k, t in enumerate(plan.timesteps):
                     x, pred_x0 = self._compiled_step(x, rows[k], times[k], chunk_labels,
                                                      guidance, prev_x0, options[k])
                     prev_x0 = pred_x0 if multistep else None
                     bar.update(1)
-                    yield SamplingStep(start=start, count=min(chunk, n - start), index=k,
+                    yield SamplingStep(start=start, count=size, index=k,
                                        timestep=int(t), final=k == len(plan) - 1, x=x,
                                        pred_x0=pred_x0)
 
@@ -420,7 +426,7 @@ class DiffusionModel(GenerativeModel):
                 when a label is given), > 1 classifier-free guidance (two network passes).
             spacing: timestep spacing ("leading", "trailing", "linspace"); default "leading"
                 for DDIM and diffusers' DPM-Solver spacing for "dpm++".
-            batch_size: images per network call (the last batch is padded to this size).
+            batch_size: images per network call (the last batch holds the rest).
             progress: show a tqdm progress bar.
             use_ema: sample with the EMA weights (default) or the online weights.
             clip_denoised: clip each `pred_x0` to [-1, 1] (diffusers' `clip_sample`).

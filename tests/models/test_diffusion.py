@@ -270,3 +270,14 @@ def test_guided_step_combines_conditional_and_unconditional_outputs():
                                rtol=1e-4, atol=1e-4)
 
 
+
+
+def test_the_last_sampling_batch_is_not_padded():
+    from lungkit.models.diffusion import DiffusionModel
+
+    model = DiffusionModel(image_size=8, channels=1, timesteps=10, widths=(8,),
+                           blocks_per_level=1, seed=0)
+    steps = list(model.sample_progressive(5, steps=2, batch_size=3, seed=0, progress=False))
+    finals = [s for s in steps if s.final]
+    assert [(s.start, s.count, s.x.shape[0]) for s in finals] == [(0, 3, 3), (3, 2, 2)]
+    assert model.sample(5, steps=2, batch_size=3, seed=0, progress=False).shape == (5, 8, 8, 1)
