@@ -225,19 +225,18 @@ def conclusion(results):
     counts = {v: sum(c["verdict"] == v for c in claims)
               for v in ("PASS", "FAIL", "INCONCLUSIVE", "N/A")}
     names = ", ".join(results["models"]) or "no models"
-    decided = "; ".join(f"{c['verdict']}: {c['claim']}" for c in claims
-                        if c["verdict"] in ("PASS", "FAIL"))
+    failed = [c["claim"] for c in claims if c["verdict"] == "FAIL"]
     open_ = [c["claim"] for c in claims if c["verdict"] == "INCONCLUSIVE"]
     text = (f"**Conclusion.** Compared {names} on {data['n_images']} "
             f"{'synthetic phantom' if data['source'] == 'phantom' else 'user-supplied'} slices "
             f"at {config['image_size']} px ({config['n_generate']} samples per model against "
             f"{data['n_test']} held-out slices). Of {len(claims)} claims, {counts['PASS']} "
             f"passed, {counts['FAIL']} failed and {counts['INCONCLUSIVE']} were inconclusive at "
-            "this sample size. ")
-    if decided:
-        text += f"Decided: {decided}. "
+            "this sample size (table below, with each effect's 95% interval). ")
+    if failed:
+        text += "Failed: " + " ".join(failed) + " "
     if open_:
-        text += "Not decided by these images: " + "; ".join(open_) + "."
+        text += "Not decided by these images: " + " ".join(open_)
     return text
 
 
