@@ -47,21 +47,22 @@ def update_ema(ema_variables, variables, decay):
     """`ema = decay * ema + (1 - decay) * w` for every pair, in or out of `tf.distribute`.
 
     In a replica context (inside `fit` under a strategy) the update runs once per variable
-    through `merge_call`, as Keras' own optimizer updates its variables.
+    through `merge_call`, as Keras' own optimizer updates its variables; `decay` (a number or
+    a tensor, e.g. the warm-up's) goes through it as an argument, per replica.
     """
-    def assign(ema, value):
+    def assign(ema, value, decay):
         return ema.assign(decay * ema + (1.0 - decay) * value)
 
-    def update(strategy):
+    def update(strategy, decay):
         for ema_variable, variable in zip(ema_variables, variables, strict=True):
-            strategy.extended.update(ema_variable.value, assign, args=(variable.value,),
+            strategy.extended.update(ema_variable.value, assign, args=(variable.value, decay),
                                      group=False)
 
     context = tf.distribute.get_replica_context()
     if context is None:
-        update(tf.distribute.get_strategy())
+        update(tf.distribute.get_strategy(), decay)
     else:
-        context.merge_call(update)
+        context.merge_call(update, args=(decay,))
 
 
 class StepOptions(NamedTuple):

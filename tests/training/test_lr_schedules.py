@@ -75,3 +75,13 @@ def test_train_with_cosine_schedule_resumes_where_it_stopped(tmp_path):
     np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-5)
     for a, b in zip(resumed.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_train_takes_the_schedule_options():
+    from lungkit.cli import build_parser
+
+    args = build_parser().parse_args(["train", "diffusion", "--lr-schedule", "cosine",
+                                      "--warmup", "0.1"])
+    assert (args.lr_schedule, args.warmup) == ("cosine", 0.1)
+    defaults = build_parser().parse_args(["train", "diffusion"])
+    assert (defaults.lr_schedule, defaults.warmup) == ("constant", 0.05)
