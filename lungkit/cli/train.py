@@ -54,7 +54,8 @@ def _train(args):
         lambda: cls(**kwargs), dataset, epochs=args.epochs, out_dir=out,
         strategy=args.strategy, precision=args.precision, jit=args.jit,
         learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
-        save_every=args.save_every, retrain=args.retrain)
+        save_every=args.save_every, retrain=args.retrain, lr_schedule=args.lr_schedule,
+        warmup=args.warmup)
     viz.plot_history(dict(history), keys=list(model.loss_names),
                      path=out / "curves.png", title=f"lungkit train {args.model}")
     if args.samples:
@@ -125,7 +126,11 @@ def _add_train_parser(subparsers):
     train.add_argument("--batch-size", type=int_at_least(1), default=32,
                        help="per replica; the global batch is this x replicas (32)")
     train.add_argument("--learning-rate", type=positive_float, default=1e-3,
-                       help="Adam's (1e-3)")
+                       help="Adam's (1e-3); the peak with --lr-schedule cosine")
+    train.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                       help="constant, or cosine: linear warm-up (--warmup) then cosine decay")
+    train.add_argument("--warmup", type=float, default=0.05,
+                       help="cosine warm-up: a fraction of the run (< 1) or steps (0.05)")
     train.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
     train.add_argument("--strategy", default="auto", choices=STRATEGIES,
                        help="auto|cpu|mirrored|multiworker|tpu (multiworker reads TF_CONFIG)")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from lungkit.checks import check_choice, check_int, check_number, check_optional_int, check_seed
 from lungkit.data.labels import resolve_labels
 from lungkit.models.base import GenerativeModel
+from lungkit.models.recipe import LOSS_WEIGHTINGS, ema_decay_at, loss_weights
 from lungkit.models.schedule import (
     PREDICTIONS,
     NoiseSchedule,
@@ -46,21 +47,22 @@ def update_ema(ema_variables, variables, decay):
     """`ema = decay * ema + (1 - decay) * w` for every pair, in or out of `tf.distribute`.
 
     In a replica context (inside `fit` under a strategy) the update runs once per variable
-    through `merge_call`, as Keras' own optimizer updates its variables.
+    through `merge_call`, as Keras' own optimizer updates its variables; `decay` (a number or
+    a tensor, e.g. the warm-up's) goes through it as an argument, per replica.
     """
-    def assign(ema, value):
+    def assign(ema, value, decay):
         return ema.assign(decay * ema + (1.0 - decay) * value)
 
-    def update(strategy):
+    def update(strategy, decay):
         for ema_variable, variable in zip(ema_variables, variables, strict=True):
-            strategy.extended.update(ema_variable.value, assign, args=(variable.value,),
+            strategy.extended.update(ema_variable.value, assign, args=(variable.value, decay),
                                      group=False)
 
     context = tf.distribute.get_replica_context()
     if context is None:
-        update(tf.distribute.get_strategy())
+        update(tf.distribute.get_strategy(), decay)
     else:
-        context.merge_call(update)
+        context.merge_call(update, args=(decay,))
 
 
 class StepOptions(NamedTuple):
@@ -116,6 +118,11 @@ class DiffusionModel(GenerativeModel):
         prediction: what the network predicts: "epsilon" (Ho et al.) or "v" (Salimans & Ho).
         widths, blocks_per_level, attention_levels: the U-Net (`build_unet`).
         ema_decay: decay of the exponential moving average of the weights, in [0, 1).
+        ema_warmup: use min(ema_decay, (1 + t) / (10 + t)) at update t (diffusers' EMAModel),
+            so a short run's EMA is not mostly the initial weights (`models.recipe`).
+        loss_weighting: "none" (plain MSE) or "min_snr" (Hang et al. 2023, weights
+            min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v; `models.recipe`).
+        min_snr_gamma: gamma of "min_snr" (> 0; the paper's 5).
         num_classes: None for an unconditional model; else the number of classes, and the
             network gets a `labels` input (index `num_classes` = no label).
         class_dropout: probability, in training, of replacing a label by "no label", which
@@ -129,10 +136,13 @@ class DiffusionModel(GenerativeModel):
     loss_names = ("loss",)
 
     def __init__(self, image_size=64, channels=3, timesteps=1000, schedule="cosine",
-                 prediction="epsilon", widths=(32, 64, 96, 128), blocks_per_level=2,
+                 prediction="v", widths=(32, 64, 96, 128), blocks_per_level=2,
                  attention_levels=(), ema_decay=0.999, num_classes=None, class_dropout=0.1,
-                 seed=None, **kwargs):
+                 seed=None, ema_warmup=True, loss_weighting="none", min_snr_gamma=5.0,
+                 **kwargs):
         check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
+        min_snr_gamma = check_number("min_snr_gamma", min_snr_gamma, 0.0, None, low_open=True)
         ema_decay = check_number("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
         class_dropout = check_number("class_dropout", class_dropout, 0.0, 1.0, high_open=True)
         num_classes = check_optional_int("num_classes", num_classes)
@@ -144,7 +154,8 @@ class DiffusionModel(GenerativeModel):
         self.widths, self.blocks_per_level = tuple(widths), blocks_per_level
         self.attention_levels = tuple(attention_levels)
         self.ema_decay, self.num_classes, self.class_dropout = ema_decay, num_classes, class_dropout
-        self.seed = seed
+        self.seed, self.ema_warmup = seed, bool(ema_warmup)
+        self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
         self.schedule = schedule_object
         unet_args = dict(image_size=image_size, channels=channels, widths=self.widths,
                          blocks_per_level=blocks_per_level,
@@ -170,7 +181,13 @@ class DiffusionModel(GenerativeModel):
                 "blocks_per_level": self.blocks_per_level,
                 "attention_levels": self.attention_levels, "ema_decay": self.ema_decay,
                 "num_classes": self.num_classes, "class_dropout": self.class_dropout,
-                "seed": self.seed}
+                "seed": self.seed, "ema_warmup": self.ema_warmup,
+                "loss_weighting": self.loss_weighting, "min_snr_gamma": self.min_snr_gamma}
+
+    @classmethod
+    def from_config(cls, config):
+        """Old configs (before the recipe options) load as they were trained: no EMA warm-up."""
+        return cls(**{"ema_warmup": False, "loss_weighting": "none", **config})
 
     # -- training -----------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -239,10 +256,22 @@ class DiffusionModel(GenerativeModel):
         if self.num_classes is not None:
             inputs.append(self._labels(labels, batch, training))
         prediction = ops.cast(self.network(inputs, training=training), "float32")
-        return ops.mean(ops.square(prediction - target))
+        if self.loss_weighting == "none":
+            return ops.mean(ops.square(prediction - target))
+        per_image = ops.mean(ops.square(prediction - target), axis=(1, 2, 3))
+        weights = loss_weights(ops.reshape(alpha_bar, (-1,)), self.prediction, self.min_snr_gamma)
+        return ops.mean(weights * per_image)
 
-    def after_train_step(self):
-        update_ema(self.ema_network.weights, self.network.weights, self.ema_decay)
+    def after_train_step(self, step=None):
+        """The EMA update; `step` (0 for the first update) defaults to the optimizer's count.
+
+        With `ema_warmup` the decay is `ema_decay_at(ema_decay, step)`; the step comes from the
+        optimizer's iterations, saved with the model, so a resumed run continues the warm-up.
+        """
+        decay = self.ema_decay
+        if self.ema_warmup:
+            decay = ema_decay_at(decay, self.optimizer.iterations - 1 if step is None else step)
+        update_ema(self.ema_network.weights, self.network.weights, decay)
 
     # -- sampling -----------------------------------------------------------------------
     def _guided_output(self, network, x, times, labels, guidance, guided):

@@ -58,8 +58,8 @@ class LatentDiffusion(GenerativeModel):
         autoencoder_epochs: epochs of the first `fit` stage when the autoencoder is not
             calibrated; None = the `epochs` given to `fit`.
         timesteps, schedule, prediction, widths, blocks_per_level, attention_levels,
-            ema_decay, num_classes, class_dropout: the latent `DiffusionModel` (`widths` is
-            its U-Net, which works at `latent_size`).
+            ema_decay, num_classes, class_dropout, ema_warmup, loss_weighting, min_snr_gamma:
+            the latent `DiffusionModel` (`widths` is its U-Net, which works at `latent_size`).
         seed: seeds the diffusion's training and sampling noise (and a built autoencoder).
 
     Training batches: images float32 `(B, image_size, image_size, channels)` in [0, 1], or
@@ -70,9 +70,10 @@ class LatentDiffusion(GenerativeModel):
 
     def __init__(self, autoencoder=None, image_size=None, channels=None, latent_channels=None,
                  autoencoder_widths=None, autoencoder_epochs=None, timesteps=1000,
-                 schedule="cosine", prediction="epsilon", widths=DEFAULT_LATENT_WIDTHS,
+                 schedule="cosine", prediction="v", widths=DEFAULT_LATENT_WIDTHS,
                  blocks_per_level=2, attention_levels=(), ema_decay=0.999, num_classes=None,
-                 class_dropout=0.1, seed=None, **kwargs):
+                 class_dropout=0.1, seed=None, ema_warmup=True, loss_weighting="none",
+                 min_snr_gamma=5.0, **kwargs):
         shape_args = {"image_size": image_size, "channels": channels,
                       "latent_channels": latent_channels, "widths": autoencoder_widths}
         if autoencoder is None:
@@ -104,7 +105,8 @@ class LatentDiffusion(GenerativeModel):
             timesteps=timesteps, schedule=schedule, prediction=prediction, widths=widths,
             blocks_per_level=blocks_per_level, attention_levels=attention_levels,
             ema_decay=ema_decay, num_classes=num_classes, class_dropout=class_dropout,
-            seed=seed, name="latent_diffusion_model")
+            seed=seed, ema_warmup=ema_warmup, loss_weighting=loss_weighting,
+            min_snr_gamma=min_snr_gamma, name="latent_diffusion_model")
         self.num_classes = num_classes  # read by the experiment (labelled batches or not)
         self.autoencoder_history = {}
         self.built = True
@@ -153,7 +155,8 @@ class LatentDiffusion(GenerativeModel):
         return (self.diffusion.denoising_loss(latents, labels, training),)
 
     def after_train_step(self):
-        self.diffusion.after_train_step()  # the EMA update
+        # the EMA update, counted by this model's optimizer (the diffusion has none)
+        self.diffusion.after_train_step(self.optimizer.iterations - 1)
 
     def pending_stages(self):
         """The autoencoder, while it is not calibrated: `lungkit.training.fit` trains it first."""
@@ -242,11 +245,13 @@ class LatentDiffusion(GenerativeModel):
                 "blocks_per_level": d.blocks_per_level,
                 "attention_levels": list(d.attention_levels), "ema_decay": d.ema_decay,
                 "num_classes": d.num_classes, "class_dropout": d.class_dropout,
-                "seed": self.seed}
+                "seed": self.seed, "ema_warmup": d.ema_warmup,
+                "loss_weighting": d.loss_weighting, "min_snr_gamma": d.min_snr_gamma}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # old configs (before the recipe options) load as they were trained: no EMA warm-up
+        config = {"ema_warmup": False, "loss_weighting": "none", **config}
         if isinstance(config.get("autoencoder"), dict):
             config["autoencoder"] = keras.saving.deserialize_keras_object(config["autoencoder"])
         return cls(**config)

@@ -34,6 +34,7 @@ from lungkit.data.pipeline import set_shuffle_epoch
 from lungkit.models.base import unpack_batch
 from lungkit.models.registry import model_name
 from lungkit.training.callbacks import ShuffleEpoch, default_callbacks
+from lungkit.training.lr_schedules import make_schedule
 from lungkit.training.runs import (
     BACKUP_DIR,
     HISTORY_FILE,
@@ -254,7 +255,8 @@ def _interrupted_message(out_dir, name, epochs):
 
 def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="float32",
           jit=False, learning_rate=1e-3, optimizer="adam", batch_size=None,
-          scale_learning_rate=False, name=None, **fit_kwargs):
+          scale_learning_rate=False, name=None, lr_schedule="constant", warmup=0.0,
+          **fit_kwargs):
     """Builds, compiles and trains a model under a strategy and a precision.
 
     Args:
@@ -273,6 +275,9 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
         batch_size: per-replica batch; the global batch is `batch_size x replicas`.
         scale_learning_rate: multiply `learning_rate` by the number of replicas (the linear
             scaling rule, Goyal et al. 2017) for runs that grow the global batch.
+        lr_schedule, warmup: "constant", or "cosine" (linear warm-up over `warmup`, a fraction
+            of the run or a number of steps, then cosine decay to 0 at epochs x steps per
+            epoch; `lungkit.training.lr_schedules`; resumes with the optimizer's iterations).
 
     Returns:
         `(model, history)`.
@@ -295,12 +300,25 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
         set_precision(previous)  # the model keeps its policy; later models are unaffected
     if is_factory:  # read the data only once the model is built: bad settings fail first
         dataset = dataset(batch_size * replicas)
+    if lr_schedule != "constant":
+        _set_schedule(model, dataset, epochs, lr_schedule, learning_rate, warmup,
+                      fit_kwargs.get("steps_per_epoch"))
     logger.info("Training %s: strategy %s (%d replica(s)), precision %s, jit %s, learning "
                 "rate %g, global batch %s", model.name, type(strategy).__name__, replicas,
                 precision, bool(jit), learning_rate,
                 batch_size * replicas if batch_size else batch_size_of(dataset))
     history = fit(model, dataset, epochs, out_dir, name=name, strategy=strategy, **fit_kwargs)
     return model, history
+
+
+def _set_schedule(model, dataset, epochs, kind, learning_rate, warmup, steps_per_epoch):
+    """Gives the compiled optimizer a `make_schedule(kind, ...)` over the whole run."""
+    steps = steps_per_epoch or int(dataset.cardinality())
+    if steps < 1:
+        raise ValueError(f"lr_schedule={kind!r} needs a finite dataset or `steps_per_epoch`. "
+                         f"Received: a dataset of cardinality {steps}")
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    optimizer.learning_rate = make_schedule(kind, learning_rate, epochs * steps, warmup)
 
 
 def ensure_built(model, strategy, dataset):
