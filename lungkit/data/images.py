@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from lungkit.checks import check_optional_int
+from lungkit.checks import check_finite, check_optional_int
 from lungkit.data.dicom import (
     LUNG_WINDOW,
     check_window,
@@ -316,6 +316,7 @@ def normalize(images):
     if images.dtype == bool:
         return images.astype(np.float32)
     if np.issubdtype(images.dtype, np.floating):
+        check_finite("images", images)
         if images.size and (np.nanmin(images) < 0 or np.nanmax(images) > 1):
             raise ValueError(f"Float `images` must already be in [0, 1]. Received values in "
                              f"[{np.nanmin(images):g}, {np.nanmax(images):g}]")

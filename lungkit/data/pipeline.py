@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from lungkit.checks import check_int
+from lungkit.checks import check_finite, check_int
 from lungkit.data.images import list_image_files, load_image
 from lungkit.files import data_hash, files_fingerprint
 
@@ -221,6 +221,7 @@ def _check_arrays(images):
     if not np.issubdtype(images.dtype, np.floating):
         raise TypeError(f"`images` must be uint8 (0..255) or float in [0, 1]. Received dtype "
                         f"{images.dtype}")
+    check_finite("images", images)
     if images.min() < 0 or images.max() > 1:
         raise ValueError(f"Float `images` must be in [0, 1]. Received values in "
                          f"[{images.min():g}, {images.max():g}]")

@@ -273,3 +273,12 @@ def test_dataset_info_names_the_copy(tmp_path, total, words):
     info = dataset_info(tmp_path)
     assert info["files"] == total and words in info["copy"]
     assert len(info["unreadable"]) == total
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_normalize_refuses_non_finite_by_name(bad):
+    values = np.array([0.0, 0.5, 1.0], np.float32)
+    assert normalize(values).tolist() == [0.0, 0.5, 1.0]
+    values[1] = bad
+    with pytest.raises(ValueError, match=r"`images` must be finite: 1 value\(s\) are NaN"):
+        normalize(values)

@@ -190,3 +190,12 @@ def test_unreadable_streamed_files_are_dropped(make_iq_dir, tmp_path):
                                batch_size=8, image_size=8, with_labels=True)
         seen = np.concatenate([lab.numpy() for _, lab in dataset])
         assert sorted(seen.tolist()) == sorted(labels.tolist())
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_arrays_refused_by_name(bad):
+    images = np.full((2, 8, 8, 1), 0.5, np.float32)
+    make_dataset(images, batch_size=2, image_size=8, shuffle=False)  # finite: accepted
+    images[1, 3, 3, 0] = bad
+    with pytest.raises(ValueError, match=r"`images` must be finite: 1 value\(s\) are NaN"):
+        make_dataset(images, batch_size=2, image_size=8, shuffle=False)
