@@ -33,6 +33,9 @@ DEFAULT_MAX_BYTES = 20 * 2**30  # 20 GiB: any download and any archive's uncompr
 # RATIO_MIN_BYTES: JPG/PNG slices compress ~1:1, raw DICOM ~3:1, zip bombs ~1000:1.
 MAX_COMPRESSION_RATIO = 100
 RATIO_MIN_BYTES = 2**20  # small entries (text files) may compress as well as they like
+MAX_ENTRIES = 20_000  # IQ-OTH/NCCD has ~1,100 slices, LIDC exports a few thousand
+# The same ratio over the whole archive: many small entries at 900:1 pass the per-entry rule.
+MAX_TOTAL_RATIO = MAX_COMPRESSION_RATIO
 CHUNK_BYTES = 2**20
 DRIVE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{25,}$")  # Drive file ids are ~28-44 characters
 SOURCES_HELP = ("a Google Drive file id or share link, 'kaggle:owner/dataset', an http(s) URL "
@@ -61,16 +64,41 @@ def _entry_mode(info):
     return (info.external_attr >> 16) & 0xFFFF
 
 
+def _check_zip_names(infos):
+    """Refuses duplicate entry names and a name that is both a file and a folder."""
+    files, folders = set(), set()
+    for info in infos:
+        name = info.filename.replace("\\", "/").rstrip("/")
+        if not info.is_dir():
+            if name in files:
+                raise ValueError(f"Refusing archive: entry {name!r} appears twice (one would "
+                                 f"overwrite the other).")
+            files.add(name)
+        folders.update(str(parent) for parent in PurePosixPath(name).parents if str(parent) != ".")
+        if info.is_dir():
+            folders.add(name)
+    clash = sorted(files & folders)
+    if clash:
+        raise ValueError(f"Refusing archive: {clash[0]!r} is both a file and a folder in it.")
+
+
 def check_zip_entries(archive, max_bytes=DEFAULT_MAX_BYTES):
     """Validates every entry of an open `zipfile.ZipFile` before anything is extracted.
 
     Raises:
         ValueError: for an absolute path, a `..` component, a symlink entry, an encrypted
             entry, an entry whose compression ratio exceeds `MAX_COMPRESSION_RATIO`, or a
-            total uncompressed size above `max_bytes`.
+            total uncompressed size above `max_bytes`; more than `MAX_ENTRIES` entries, a
+            whole-archive ratio above `MAX_TOTAL_RATIO`, a duplicate name or a name that is
+            both a file and a folder.
     """
+    infos = archive.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise ValueError(f"Refusing archive: it has {len(infos)} entries, more than "
+                         f"MAX_ENTRIES={MAX_ENTRIES}.")
+    _check_zip_names(infos)
     total = 0
-    for info in archive.infolist():
+    for info in infos:
         name = info.filename
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
@@ -84,7 +112,11 @@ def check_zip_entries(archive, max_bytes=DEFAULT_MAX_BYTES):
     if total > max_bytes:
         raise ValueError(f"Refusing archive: it expands to {total} bytes, more than "
                          f"`max_bytes`={max_bytes}.")
-    for info in archive.infolist():
+    packed = sum(info.compress_size for info in infos)
+    if total >= RATIO_MIN_BYTES and total > MAX_TOTAL_RATIO * max(packed, 1):
+        raise ValueError(f"Refusing archive: it expands {packed} -> {total} bytes in all "
+                         f"(ratio above {MAX_TOTAL_RATIO}), which looks like a zip bomb.")
+    for info in infos:
         if (info.file_size >= RATIO_MIN_BYTES
                 and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
             raise ValueError(f"Refusing zip entry {info.filename!r}: it expands "

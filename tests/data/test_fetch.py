@@ -242,3 +242,31 @@ def test_kaggle_via_kagglehub(make_iq_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(kagglehub, "dataset_download", failing)
     with pytest.raises(ConnectionError, match="kagglehub could not download.*403"):
         fetch_dataset(source, tmp_path / "k3")
+
+
+@pytest.mark.parametrize("name, match", [
+    ("Normal cases/ok.txt", "'Normal cases/ok.txt' appears twice"),  # duplicate of the first
+    ("Normal cases/ok.txt/inner.txt", "'Normal cases/ok.txt' is both a file and a folder"),
+])
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_duplicate_and_clashing_names_are_refused(tmp_path, name, match):
+    archive = _zip_with(tmp_path / "bad.zip", name)
+    with pytest.raises(ValueError, match=match):
+        fetch_dataset(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path)
+
+
+def test_entry_count_and_total_ratio_caps(tmp_path, monkeypatch):
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w", zipfile.ZIP_DEFLATED) as out:
+        for i in range(6):  # each entry under RATIO_MIN_BYTES, ~1000:1 together
+            out.writestr(f"Normal cases/{i}.bin", bytes(2**19))
+    with pytest.raises(ValueError, match=r"expands \d+ -> 3145728 bytes in all"):
+        fetch_dataset(many, tmp_path / "out", progress=False)
+    monkeypatch.setattr(fetch_module, "MAX_ENTRIES", 5)
+    with pytest.raises(ValueError, match="6 entries, more than MAX_ENTRIES=5"):
+        fetch_dataset(many, tmp_path / "out", progress=False)
+    monkeypatch.setattr(fetch_module, "MAX_ENTRIES", 6)
+    monkeypatch.setattr(fetch_module, "MAX_TOTAL_RATIO", 10**6)  # within both caps: extracted
+    fetch_dataset(many, tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / MARKER_NAME).exists()
