@@ -82,6 +82,16 @@ def _check_zip_names(infos):
         raise ValueError(f"Refusing archive: {clash[0]!r} is both a file and a folder in it.")
 
 
+def _check_zip_contents(infos):
+    """Refuses an archive with no files, or whose files are all zips (a zip of the zip)."""
+    names = [i.filename for i in infos if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+    if not names:
+        raise ValueError("Refusing archive: it holds no files.")
+    if all(name.lower().endswith(".zip") for name in names):
+        raise ValueError(f"Refusing archive: it holds only zip archives ({names[0]!r}...); "
+                         f"extract the inner one and fetch that.")
+
+
 def check_zip_entries(archive, max_bytes=DEFAULT_MAX_BYTES):
     """Validates every entry of an open `zipfile.ZipFile` before anything is extracted.
 
@@ -90,13 +100,14 @@ def check_zip_entries(archive, max_bytes=DEFAULT_MAX_BYTES):
             entry, an entry whose compression ratio exceeds `MAX_COMPRESSION_RATIO`, or a
             total uncompressed size above `max_bytes`; more than `MAX_ENTRIES` entries, a
             whole-archive ratio above `MAX_TOTAL_RATIO`, a duplicate name or a name that is
-            both a file and a folder.
+            both a file and a folder; no files at all, or only zip files.
     """
     infos = archive.infolist()
     if len(infos) > MAX_ENTRIES:
         raise ValueError(f"Refusing archive: it has {len(infos)} entries, more than "
                          f"MAX_ENTRIES={MAX_ENTRIES}.")
     _check_zip_names(infos)
+    _check_zip_contents(infos)
     total = 0
     for info in infos:
         name = info.filename

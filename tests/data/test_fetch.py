@@ -270,3 +270,17 @@ def test_entry_count_and_total_ratio_caps(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch_module, "MAX_TOTAL_RATIO", 10**6)  # within both caps: extracted
     fetch_dataset(many, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / MARKER_NAME).exists()
+
+
+def test_empty_and_zip_in_zip_archives_are_refused(tmp_path, dataset_zip):
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as out:
+        out.writestr("Normal cases/", b"")
+    with pytest.raises(ValueError, match="holds no files"):
+        fetch_dataset(empty, tmp_path / "out", progress=False)
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as out:
+        out.write(dataset_zip, "inner.ZIP")
+    with pytest.raises(ValueError, match=r"only zip archives \('inner.ZIP'"):
+        fetch_dataset(nested, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path)
