@@ -7,6 +7,7 @@ interrupted run never looks complete). Zip extraction refuses entries that would
 destination (`../`, absolute paths, symlinks) and caps the uncompressed size (zip bombs).
 """
 
+import glob
 import hashlib
 import http.client
 import json
@@ -273,6 +274,22 @@ def _kind(source):
     raise ValueError(f"`source` must be {SOURCES_HELP}. Received: {source!r}")
 
 
+STAGING_NAME = ".lungkit-staging"  # in a fetch's work folder: the pid of the fetch
+
+
+def _clean_stale_staging(dest):
+    """Removes work folders of killed fetches into `dest` (lungkit's marker, a dead pid)."""
+    for work in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        try:
+            pid = int((work / STAGING_NAME).read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            logger.info("Removing %s, left by an interrupted fetch (pid %d).", work, pid)
+            shutil.rmtree(work, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # not ours, unreadable, or a live fetch (PermissionError)
+
+
 def _read_marker(dest):
     try:
         return json.loads((dest / MARKER_NAME).read_text())
@@ -322,8 +339,10 @@ def fetch_dataset(source, dest, sha256=None, max_bytes=DEFAULT_MAX_BYTES, progre
         raise ValueError(f"`dest` {str(dest)!r} exists and is not an empty folder fetched by "
                          f"lungkit (no {MARKER_NAME} marker); remove it or choose another.")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(dest)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        (work / STAGING_NAME).write_text(str(os.getpid()))
         staging = work / "dataset"
         staging.mkdir()
         archive, digest = None, None

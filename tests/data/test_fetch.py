@@ -284,3 +284,18 @@ def test_empty_and_zip_in_zip_archives_are_refused(tmp_path, dataset_zip):
     with pytest.raises(ValueError, match=r"only zip archives \('inner.ZIP'"):
         fetch_dataset(nested, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path)
+
+
+def test_staging_of_a_killed_fetch_is_cleaned_up(dataset_zip, tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / ".out.killed"
+    (stale / "dataset").mkdir(parents=True)
+    (stale / fetch_module.STAGING_NAME).write_text(dead)
+    foreign = tmp_path / ".out.someone-elses"  # no lungkit marker: left alone
+    foreign.mkdir()
+    fetch_dataset(dataset_zip, tmp_path / "out", progress=False)
+    assert not stale.exists() and foreign.exists()
+    assert (tmp_path / "out" / MARKER_NAME).exists()
