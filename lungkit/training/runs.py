@@ -346,6 +346,10 @@ def load_backup(model, backup_dir):
         model.optimizer.build(model.trainable_variables)
     try:
         model.load_weights(backup_dir / state["weights"])
+    except OSError as error:  # h5py: truncated or not HDF5 at all
+        raise ValueError(f"The backup weights file {backup_dir / state['weights']} is "
+                         f"unreadable (corrupt or truncated: {error}); move {backup_dir} aside "
+                         f"to start the run over.") from error
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"The backup in {backup_dir} does not fit this {type(model).__name__} "
                          f"(trained with other settings?): {error}") from error

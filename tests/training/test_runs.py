@@ -6,7 +6,14 @@ import pytest
 
 from lungkit.data.pipeline import make_dataset
 from lungkit.models.vae import VAE
-from lungkit.training.runs import RunRecord, differences, plan_run, run_settings
+from lungkit.training.runs import (
+    RunRecord,
+    differences,
+    load_backup,
+    plan_run,
+    run_settings,
+    save_backup,
+)
 
 IMAGES = np.random.default_rng(0).uniform(size=(6, 32, 32, 1)).astype("float32")
 LABELS = np.array([0, 1, 2, 0, 1, 2])
@@ -62,3 +69,14 @@ def test_a_corrupt_record_is_named(tmp_path):
     (tmp_path / "vae.run.json").write_text("")
     with pytest.raises(ValueError, match=r"run record .*vae.run.json is corrupt \(it is empty\)"):
         plan_run(RunRecord(tmp_path, "vae"), {}, 1)
+
+
+def test_corrupt_backup_weights_are_named(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.zeros((2, 2)), np.zeros((2, 1)), verbose=0)
+    save_backup(model, tmp_path, epoch=1)
+    assert load_backup(model, tmp_path) == 1  # a good backup loads
+    (tmp_path / "epoch-1.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match=r"epoch-1.weights.h5 is unreadable"):
+        load_backup(model, tmp_path)
