@@ -91,6 +91,18 @@ def check_channels(channels, name="channels"):
     return int(channels)
 
 
+def check_finite(name, values):
+    """Refuses NaN or infinite values in a float array by `name` (they would train a NaN model).
+
+    Returns the array unchanged; integer and bool arrays pass without a scan.
+    """
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        bad = int(np.size(values) - np.isfinite(values).sum())
+        raise ValueError(f"`{name}` must be finite: {bad} value(s) are NaN or infinite.")
+    return values
+
+
 def check_images(images, name="images", size=None, channels=None, clip=True):
     """An NHWC batch of float images in [0, 1], as every lungkit boundary takes them.
 
@@ -121,9 +133,7 @@ def check_images(images, name="images", size=None, channels=None, clip=True):
         raise ValueError(f"`{name}` must be {size}x{size} px. Received shape {images.shape}")
     if images.shape[0] == 0:
         raise ValueError(f"`{name}` must hold at least one image. Received shape {images.shape}")
-    if not np.isfinite(images).all():
-        bad = int(np.size(images) - np.isfinite(images).sum())
-        raise ValueError(f"`{name}` must be finite: {bad} value(s) are NaN or infinite.")
+    check_finite(name, images)
     low, high = float(images.min()), float(images.max())
     if low < -IMAGE_RANGE_TOLERANCE or high > 1 + IMAGE_RANGE_TOLERANCE:
         raise ValueError(f"`{name}` must be float in [0, 1]. "

@@ -5,6 +5,7 @@ to `.dcm` files (Chen, 2024 works on already-windowed JPEGs; DICOM is for users'
 pydicom is imported inside the functions, so only DICOM users pay for it.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import numpy as np
 # Lung window (center, width) in HU: level -600, width 1500, the usual chest-CT lung window
 # (Radiopaedia, "Windowing (CT)"); it spans -1350..150 HU.
 LUNG_WINDOW = (-600.0, 1500.0)
+
+logger = logging.getLogger(__name__)
 
 
 def is_dicom(path):
@@ -47,18 +50,35 @@ def window_to_uint8(image_hu, window=LUNG_WINDOW):
 
 
 def read_dicom_hu(path):
-    """Reads a single-frame DICOM slice as float32 `(H, W)` Hounsfield units."""
+    """Reads a single-frame CT slice as float32 `(H, W)` Hounsfield units.
+
+    Goes through pydicom's `apply_modality_lut` (RescaleSlope/Intercept or a Modality LUT).
+    Refuses, naming the file and the tag, a modality other than CT (its values are not HU, so
+    the lung window would mean nothing) and colour photometric interpretations; warns when a
+    CT has no RescaleSlope/RescaleIntercept (stored values are then taken as HU).
+    """
     import pydicom  # imported here: only DICOM users pay for it
+    from pydicom.pixels import apply_modality_lut
 
     dataset = pydicom.dcmread(str(path))
-    pixels = dataset.pixel_array.astype(np.float32)
+    modality = str(getattr(dataset, "Modality", "") or "")
+    if modality and modality.upper() != "CT":
+        raise ValueError(f"{str(path)!r} is a DICOM with Modality {modality!r}; lungkit reads "
+                         f"CT slices (Hounsfield units) only.")
+    photometric = str(getattr(dataset, "PhotometricInterpretation", "") or "")
+    if photometric and not photometric.upper().startswith("MONOCHROME"):
+        raise ValueError(f"{str(path)!r} has PhotometricInterpretation {photometric!r}; "
+                         f"lungkit reads grayscale (MONOCHROME1/2) CT slices only.")
+    missing = [tag for tag in ("RescaleSlope", "RescaleIntercept") if tag not in dataset]
+    if missing and "ModalityLUTSequence" not in dataset:
+        logger.warning("%s has no %s; its stored values are taken as Hounsfield units.",
+                       path, " or ".join(missing))
+    pixels = dataset.pixel_array
     if pixels.ndim != 2:
         raise ValueError(f"Only single-frame grayscale DICOM is supported; {str(path)!r} has "
                          f"pixel array shape {pixels.shape}.")
-    slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
     # HU are HU whatever PhotometricInterpretation says, so MONOCHROME1 needs no inversion.
-    return pixels * slope + intercept
+    return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
 
 
 def describe_dicom(path):

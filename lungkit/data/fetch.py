@@ -7,6 +7,7 @@ interrupted run never looks complete). Zip extraction refuses entries that would
 destination (`../`, absolute paths, symlinks) and caps the uncompressed size (zip bombs).
 """
 
+import glob
 import hashlib
 import http.client
 import json
@@ -33,6 +34,9 @@ DEFAULT_MAX_BYTES = 20 * 2**30  # 20 GiB: any download and any archive's uncompr
 # RATIO_MIN_BYTES: JPG/PNG slices compress ~1:1, raw DICOM ~3:1, zip bombs ~1000:1.
 MAX_COMPRESSION_RATIO = 100
 RATIO_MIN_BYTES = 2**20  # small entries (text files) may compress as well as they like
+MAX_ENTRIES = 20_000  # IQ-OTH/NCCD has ~1,100 slices, LIDC exports a few thousand
+# The same ratio over the whole archive: many small entries at 900:1 pass the per-entry rule.
+MAX_TOTAL_RATIO = MAX_COMPRESSION_RATIO
 CHUNK_BYTES = 2**20
 DRIVE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{25,}$")  # Drive file ids are ~28-44 characters
 SOURCES_HELP = ("a Google Drive file id or share link, 'kaggle:owner/dataset', an http(s) URL "
@@ -61,16 +65,52 @@ def _entry_mode(info):
     return (info.external_attr >> 16) & 0xFFFF
 
 
+def _check_zip_names(infos):
+    """Refuses duplicate entry names and a name that is both a file and a folder."""
+    files, folders = set(), set()
+    for info in infos:
+        name = info.filename.replace("\\", "/").rstrip("/")
+        if not info.is_dir():
+            if name in files:
+                raise ValueError(f"Refusing archive: entry {name!r} appears twice (one would "
+                                 f"overwrite the other).")
+            files.add(name)
+        folders.update(str(parent) for parent in PurePosixPath(name).parents if str(parent) != ".")
+        if info.is_dir():
+            folders.add(name)
+    clash = sorted(files & folders)
+    if clash:
+        raise ValueError(f"Refusing archive: {clash[0]!r} is both a file and a folder in it.")
+
+
+def _check_zip_contents(infos):
+    """Refuses an archive with no files, or whose files are all zips (a zip of the zip)."""
+    names = [i.filename for i in infos if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+    if not names:
+        raise ValueError("Refusing archive: it holds no files.")
+    if all(name.lower().endswith(".zip") for name in names):
+        raise ValueError(f"Refusing archive: it holds only zip archives ({names[0]!r}...); "
+                         f"extract the inner one and fetch that.")
+
+
 def check_zip_entries(archive, max_bytes=DEFAULT_MAX_BYTES):
     """Validates every entry of an open `zipfile.ZipFile` before anything is extracted.
 
     Raises:
         ValueError: for an absolute path, a `..` component, a symlink entry, an encrypted
             entry, an entry whose compression ratio exceeds `MAX_COMPRESSION_RATIO`, or a
-            total uncompressed size above `max_bytes`.
+            total uncompressed size above `max_bytes`; more than `MAX_ENTRIES` entries, a
+            whole-archive ratio above `MAX_TOTAL_RATIO`, a duplicate name or a name that is
+            both a file and a folder; no files at all, or only zip files.
     """
+    infos = archive.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise ValueError(f"Refusing archive: it has {len(infos)} entries, more than "
+                         f"MAX_ENTRIES={MAX_ENTRIES}.")
+    _check_zip_names(infos)
+    _check_zip_contents(infos)
     total = 0
-    for info in archive.infolist():
+    for info in infos:
         name = info.filename
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
@@ -84,7 +124,11 @@ def check_zip_entries(archive, max_bytes=DEFAULT_MAX_BYTES):
     if total > max_bytes:
         raise ValueError(f"Refusing archive: it expands to {total} bytes, more than "
                          f"`max_bytes`={max_bytes}.")
-    for info in archive.infolist():
+    packed = sum(info.compress_size for info in infos)
+    if total >= RATIO_MIN_BYTES and total > MAX_TOTAL_RATIO * max(packed, 1):
+        raise ValueError(f"Refusing archive: it expands {packed} -> {total} bytes in all "
+                         f"(ratio above {MAX_TOTAL_RATIO}), which looks like a zip bomb.")
+    for info in infos:
         if (info.file_size >= RATIO_MIN_BYTES
                 and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)):
             raise ValueError(f"Refusing zip entry {info.filename!r}: it expands "
@@ -230,6 +274,22 @@ def _kind(source):
     raise ValueError(f"`source` must be {SOURCES_HELP}. Received: {source!r}")
 
 
+STAGING_NAME = ".lungkit-staging"  # in a fetch's work folder: the pid of the fetch
+
+
+def _clean_stale_staging(dest):
+    """Removes work folders of killed fetches into `dest` (lungkit's marker, a dead pid)."""
+    for work in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        try:
+            pid = int((work / STAGING_NAME).read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            logger.info("Removing %s, left by an interrupted fetch (pid %d).", work, pid)
+            shutil.rmtree(work, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # not ours, unreadable, or a live fetch (PermissionError)
+
+
 def _read_marker(dest):
     try:
         return json.loads((dest / MARKER_NAME).read_text())
@@ -279,8 +339,10 @@ def fetch_dataset(source, dest, sha256=None, max_bytes=DEFAULT_MAX_BYTES, progre
         raise ValueError(f"`dest` {str(dest)!r} exists and is not an empty folder fetched by "
                          f"lungkit (no {MARKER_NAME} marker); remove it or choose another.")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(dest)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        (work / STAGING_NAME).write_text(str(os.getpid()))
         staging = work / "dataset"
         staging.mkdir()
         archive, digest = None, None

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from lungkit.checks import check_optional_int
+from lungkit.checks import check_finite, check_optional_int
 from lungkit.data.dicom import (
     LUNG_WINDOW,
     check_window,
@@ -316,11 +316,7 @@ def normalize(images):
     if images.dtype == bool:
         return images.astype(np.float32)
     if np.issubdtype(images.dtype, np.floating):
-        finite = np.isfinite(images)
-        if not finite.all():
-            where = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise ValueError(f"`images` hold {int((~finite).sum())} NaN or infinite value(s), "
-                             f"the first at index {where}; expected finite values in [0, 1].")
+        check_finite("images", images)
         if images.size and (images.min() < 0 or images.max() > 1):
             raise ValueError(f"Float `images` must already be in [0, 1]. Received values in "
                              f"[{images.min():g}, {images.max():g}]")

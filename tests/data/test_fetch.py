@@ -242,3 +242,60 @@ def test_kaggle_via_kagglehub(make_iq_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(kagglehub, "dataset_download", failing)
     with pytest.raises(ConnectionError, match="kagglehub could not download.*403"):
         fetch_dataset(source, tmp_path / "k3")
+
+
+@pytest.mark.parametrize("name, match", [
+    ("Normal cases/ok.txt", "'Normal cases/ok.txt' appears twice"),  # duplicate of the first
+    ("Normal cases/ok.txt/inner.txt", "'Normal cases/ok.txt' is both a file and a folder"),
+])
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_duplicate_and_clashing_names_are_refused(tmp_path, name, match):
+    archive = _zip_with(tmp_path / "bad.zip", name)
+    with pytest.raises(ValueError, match=match):
+        fetch_dataset(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path)
+
+
+def test_entry_count_and_total_ratio_caps(tmp_path, monkeypatch):
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w", zipfile.ZIP_DEFLATED) as out:
+        for i in range(6):  # each entry under RATIO_MIN_BYTES, ~1000:1 together
+            out.writestr(f"Normal cases/{i}.bin", bytes(2**19))
+    with pytest.raises(ValueError, match=r"expands \d+ -> 3145728 bytes in all"):
+        fetch_dataset(many, tmp_path / "out", progress=False)
+    monkeypatch.setattr(fetch_module, "MAX_ENTRIES", 5)
+    with pytest.raises(ValueError, match="6 entries, more than MAX_ENTRIES=5"):
+        fetch_dataset(many, tmp_path / "out", progress=False)
+    monkeypatch.setattr(fetch_module, "MAX_ENTRIES", 6)
+    monkeypatch.setattr(fetch_module, "MAX_TOTAL_RATIO", 10**6)  # within both caps: extracted
+    fetch_dataset(many, tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / MARKER_NAME).exists()
+
+
+def test_empty_and_zip_in_zip_archives_are_refused(tmp_path, dataset_zip):
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as out:
+        out.writestr("Normal cases/", b"")
+    with pytest.raises(ValueError, match="holds no files"):
+        fetch_dataset(empty, tmp_path / "out", progress=False)
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as out:
+        out.write(dataset_zip, "inner.ZIP")
+    with pytest.raises(ValueError, match=r"only zip archives \('inner.ZIP'"):
+        fetch_dataset(nested, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and _no_leftovers(tmp_path)
+
+
+def test_staging_of_a_killed_fetch_is_cleaned_up(dataset_zip, tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / ".out.killed"
+    (stale / "dataset").mkdir(parents=True)
+    (stale / fetch_module.STAGING_NAME).write_text(dead)
+    foreign = tmp_path / ".out.someone-elses"  # no lungkit marker: left alone
+    foreign.mkdir()
+    fetch_dataset(dataset_zip, tmp_path / "out", progress=False)
+    assert not stale.exists() and foreign.exists()
+    assert (tmp_path / "out" / MARKER_NAME).exists()

@@ -276,9 +276,30 @@ def test_dataset_info_names_the_copy(tmp_path, total, words):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_normalize_refuses_nan_and_infinity_naming_where(bad):
-    images = np.zeros((2, 4, 4, 1), dtype="float32")
-    images[1, 2, 3, 0] = bad
-    with pytest.raises(ValueError, match=r"1 NaN or infinite value\(s\), the first at index "
-                                         r"\(1, 2, 3, 0\)"):
-        normalize(images)
+def test_normalize_refuses_non_finite_by_name(bad):
+    values = np.array([0.0, 0.5, 1.0], np.float32)
+    assert normalize(values).tolist() == [0.0, 0.5, 1.0]
+    values[1] = bad
+    with pytest.raises(ValueError, match=r"`images` must be finite: 1 value\(s\) are NaN"):
+        normalize(values)
+
+
+def test_dicom_non_ct_colour_and_missing_rescale(tmp_path, caplog):
+    with pytest.raises(ValueError, match="MR_small.dcm.*Modality 'MR'; lungkit reads CT"):
+        read_dicom_hu(get_testdata_file("MR_small.dcm"))
+    colour = pydicom.dcmread(CT_SMALL)
+    colour.PhotometricInterpretation = "PALETTE COLOR"
+    colour.save_as(tmp_path / "colour.dcm")
+    with pytest.raises(ValueError, match="PhotometricInterpretation 'PALETTE COLOR'"):
+        read_dicom_hu(tmp_path / "colour.dcm")
+    bare = pydicom.dcmread(CT_SMALL)
+    del bare.RescaleSlope, bare.RescaleIntercept
+    bare.save_as(tmp_path / "bare.dcm")
+    with caplog.at_level("WARNING", logger="lungkit.data.dicom"):
+        image = read_dicom_hu(tmp_path / "bare.dcm")
+    assert "bare.dcm has no RescaleSlope or RescaleIntercept" in caplog.text
+    np.testing.assert_array_equal(image, bare.pixel_array.astype(np.float32))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lungkit.data.dicom"):
+        read_dicom_hu(CT_SMALL)  # a complete CT: no warning
+    assert caplog.text == ""

@@ -192,11 +192,13 @@ def test_unreadable_streamed_files_are_dropped(make_iq_dir, tmp_path):
         assert sorted(seen.tolist()) == sorted(labels.tolist())
 
 
-def test_make_dataset_refuses_a_nan_pixel():
-    images = np.full((4, 8, 8, 1), 0.5, dtype="float32")
-    images[2, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match=r"NaN or infinite.*\(2, 0, 0, 0\)"):
-        make_dataset(images, batch_size=2, image_size=8, channels=1)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_arrays_refused_by_name(bad):
+    images = np.full((2, 8, 8, 1), 0.5, np.float32)
+    make_dataset(images, batch_size=2, image_size=8, shuffle=False)  # finite: accepted
+    images[1, 3, 3, 0] = bad
+    with pytest.raises(ValueError, match=r"`images` must be finite: 1 value\(s\) are NaN"):
+        make_dataset(images, batch_size=2, image_size=8, shuffle=False)
 
 
 @pytest.mark.parametrize("cores, expected", [(2, 2), (7, 7), (8, tf.data.AUTOTUNE)])

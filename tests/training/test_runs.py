@@ -6,7 +6,14 @@ import pytest
 
 from lungkit.data.pipeline import make_dataset
 from lungkit.models.vae import VAE
-from lungkit.training.runs import RunRecord, differences, plan_run, run_settings
+from lungkit.training.runs import (
+    RunRecord,
+    differences,
+    load_backup,
+    plan_run,
+    run_settings,
+    save_backup,
+)
 
 IMAGES = np.random.default_rng(0).uniform(size=(6, 32, 32, 1)).astype("float32")
 LABELS = np.array([0, 1, 2, 0, 1, 2])
@@ -65,7 +72,6 @@ def test_a_corrupt_record_is_named(tmp_path):
 
 
 def test_a_corrupt_backup_weights_file_is_named(tmp_path):
-    from lungkit.training.runs import load_backup, save_backup
 
     model = VAE(image_size=32, channels=1, latent_dim=4, widths=(8, 16), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
