@@ -10,8 +10,8 @@ import pytest
 from toy_data import class_images
 
 from lungkit.evaluation import common
+from lungkit.evaluation import distances as dist
 from lungkit.evaluation import domain_encoder as D
-from lungkit.evaluation import metrics as M
 
 FAST = {"epochs": 1, "min_steps": 0, "steps": 10}  # a domain encoder in about a second
 
@@ -133,7 +133,7 @@ def phantom_features(tmp_path_factory):
 def distances(encoder, reference, images):
     """`(fid, kid_mean)` of `images` against the `reference` set's features."""
     features = encoder(images)
-    return M.fid(features, reference), M.kid(features, reference)[0]
+    return dist.fid(features, reference), dist.kid(features, reference)[0]
 
 
 def test_domain_features_rank_noise_blur_and_random(phantom_features):
@@ -163,6 +163,6 @@ def test_domain_features_are_not_collapsed(phantom_features):
     assert (features.std(axis=0) > 1e-3).mean() > 0.6  # most dimensions vary over real images
     rng = np.random.default_rng(0)
     random = encoder(rng.uniform(size=(32, *held_out.shape[1:])).astype("float32"))
-    _, kid_std = M.kid(random, encoder(train), subsets=20, subset_size=16)
+    _, kid_std = dist.kid(random, encoder(train), subsets=20, subset_size=16)
     assert kid_std > 0
     assert len(np.unique(features.round(4), axis=0)) == len(held_out)  # no two images alike

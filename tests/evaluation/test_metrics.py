@@ -6,8 +6,9 @@ import scipy.linalg
 from scipy.ndimage import gaussian_filter
 from toy_data import class_images
 
+from lungkit.evaluation import distances as D
 from lungkit.evaluation import metrics as M
-from lungkit.evaluation.common import FeatureExtractor
+from lungkit.evaluation.common import FeatureExtractor, resize_images
 
 
 class ThumbnailFeatures(FeatureExtractor):
@@ -21,7 +22,7 @@ class ThumbnailFeatures(FeatureExtractor):
 
     def embed_batch(self, images):
         self.calls += 1
-        return M.resize_images(images, 8, 1).reshape(len(images), -1)
+        return resize_images(images, 8, 1).reshape(len(images), -1)
 
 
 @pytest.fixture
@@ -70,22 +71,22 @@ def test_msssim_settings_adapt_to_small_images():
 
 def test_fid_zero_for_same_set_and_grows_with_noise(gaussian_features):
     real, _ = gaussian_features
-    assert M.fid(real, real) == pytest.approx(0.0, abs=1e-6)
+    assert D.fid(real, real) == pytest.approx(0.0, abs=1e-6)
     noise = np.random.default_rng(1).normal(size=real.shape)
-    values = [M.fid(real, real + scale * noise) for scale in (0.1, 0.3, 1.0, 3.0)]
+    values = [D.fid(real, real + scale * noise) for scale in (0.1, 0.3, 1.0, 3.0)]
     assert (np.diff(values) > 0).all()
     # two Gaussians with a known closed form: N(0, I) vs N(1, 4I) in 16-d -> 16 + 16 * (1 - 2)^2
     rng = np.random.default_rng(2)
     far = 1.0 + 2.0 * rng.normal(size=(20000, 16))
-    assert M.fid(rng.normal(size=(20000, 16)), far) == pytest.approx(32.0, rel=0.05)
+    assert D.fid(rng.normal(size=(20000, 16)), far) == pytest.approx(32.0, rel=0.05)
 
 
 def test_frechet_distance_rank_deficient_is_finite_and_real():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(10, 128)), rng.normal(size=(10, 128))  # rank 9 covariances
-    value = M.fid(a, b)
+    value = D.fid(a, b)
     assert isinstance(value, float) and np.isfinite(value) and value > 0
-    assert M.fid(a, a) == pytest.approx(0.0, abs=1e-4)
+    assert D.fid(a, a) == pytest.approx(0.0, abs=1e-4)
 
 
 def test_frechet_distance_retries_with_offset(monkeypatch):
@@ -97,48 +98,48 @@ def test_frechet_distance_retries_with_offset(monkeypatch):
         result = real_sqrtm(matrix, *args, **kwargs)
         return result + 1j if len(calls) == 1 else result  # first call: a large imaginary part
 
-    monkeypatch.setattr(M.scipy.linalg, "sqrtm", flaky_sqrtm)
+    monkeypatch.setattr(D.scipy.linalg, "sqrtm", flaky_sqrtm)
     eye = np.eye(3)
-    assert M.frechet_distance(np.zeros(3), eye, np.ones(3), eye) == pytest.approx(3.0, abs=1e-4)
+    assert D.frechet_distance(np.zeros(3), eye, np.ones(3), eye) == pytest.approx(3.0, abs=1e-4)
     assert len(calls) == 2
     with pytest.raises(ValueError, match="must match"):
-        M.frechet_distance(np.zeros(3), eye, np.zeros(2), np.eye(2))
+        D.frechet_distance(np.zeros(3), eye, np.zeros(2), np.eye(2))
 
 
 def test_kid_near_zero_for_one_distribution_and_large_otherwise(gaussian_features):
     a, b = gaussian_features
-    same_mean, same_std = M.kid(a, b, subsets=50, subset_size=200)
+    same_mean, same_std = D.kid(a, b, subsets=50, subset_size=200)
     assert same_std > 0 and abs(same_mean) < 3 * same_std
-    diff_mean, _ = M.kid(a, b + 1.0, subsets=50, subset_size=200)
+    diff_mean, _ = D.kid(a, b + 1.0, subsets=50, subset_size=200)
     assert diff_mean > 20 * max(abs(same_mean), same_std)
-    assert M.kid(a, b, subsets=5, subset_size=200) == M.kid(a, b, subsets=5, subset_size=200)
+    assert D.kid(a, b, subsets=5, subset_size=200) == D.kid(a, b, subsets=5, subset_size=200)
 
 
 def test_kid_precomputed_kernel_matches_per_subset_kernels(gaussian_features, monkeypatch):
     a, b = gaussian_features[0][:100], gaussian_features[1][:80] + 0.3
-    fast = M.kid(a, b, subsets=7, subset_size=50, seed=3)
-    monkeypatch.setattr(M, "KID_FULL_KERNEL_MAX", 0)  # force clean-fid's per-subset kernels
-    np.testing.assert_allclose(M.kid(a, b, subsets=7, subset_size=50, seed=3), fast, rtol=1e-10)
+    fast = D.kid(a, b, subsets=7, subset_size=50, seed=3)
+    monkeypatch.setattr(D, "KID_FULL_KERNEL_MAX", 0)  # force clean-fid's per-subset kernels
+    np.testing.assert_allclose(D.kid(a, b, subsets=7, subset_size=50, seed=3), fast, rtol=1e-10)
     # one subset spanning both sets equals the closed-form unbiased MMD^2
     x, y = a[:30], b[:30]
     kxx, kyy, kxy = ((x @ x.T / 16 + 1) ** 3, (y @ y.T / 16 + 1) ** 3, (x @ y.T / 16 + 1) ** 3)
     expected = ((kxx.sum() - np.trace(kxx)) / 870 + (kyy.sum() - np.trace(kyy)) / 870
                 - 2 * kxy.mean())
-    assert M.kid(x, y, subsets=1)[0] == pytest.approx(expected, rel=1e-10)
+    assert D.kid(x, y, subsets=1)[0] == pytest.approx(expected, rel=1e-10)
 
 
 def test_precision_recall_identical_and_shifted(gaussian_features):
     a, b = gaussian_features
-    assert M.precision_recall(a, a, k=3) == (1.0, 1.0)
-    same_p, same_r = M.precision_recall(a, b, k=3, batch_size=128)
-    shift_p, shift_r = M.precision_recall(a, b + 1.5, k=3, batch_size=128)
+    assert D.precision_recall(a, a, k=3) == (1.0, 1.0)
+    same_p, same_r = D.precision_recall(a, b, k=3, batch_size=128)
+    shift_p, shift_r = D.precision_recall(a, b + 1.5, k=3, batch_size=128)
     assert shift_p < same_p - 0.3 and shift_r < same_r - 0.3
     # mode collapse: fake samples all near one real point keep precision, lose recall
     collapsed = a[:1] + 0.01 * np.random.default_rng(0).normal(size=(50, 16))
-    p, r = M.precision_recall(a, collapsed, k=3)
+    p, r = D.precision_recall(a, collapsed, k=3)
     assert p == 1.0 and r < 0.05
     with pytest.raises(ValueError, match="`k` must be smaller"):
-        M.precision_recall(a[:3], b, k=3)
+        D.precision_recall(a[:3], b, k=3)
 
 
 def test_memorization_flags_copies_not_noise():
@@ -157,12 +158,12 @@ def test_memorization_flags_copies_not_noise():
 def test_feature_stats_cache(tmp_path):
     images, _ = class_images(4)
     extractor = ThumbnailFeatures()
-    first = M.FeatureStats.from_images(images, extractor, cache_dir=tmp_path)
+    first = D.FeatureStats.from_images(images, extractor, cache_dir=tmp_path)
     calls = extractor.calls
-    second = M.FeatureStats.from_images(images, extractor, cache_dir=tmp_path)
+    second = D.FeatureStats.from_images(images, extractor, cache_dir=tmp_path)
     assert extractor.calls == calls and len(list(tmp_path.glob("stats_thumbnails_*.npz"))) == 1
     np.testing.assert_array_equal(first.sigma, second.sigma)
-    assert M.fid(first, second) == pytest.approx(0.0, abs=1e-6)
+    assert D.fid(first, second) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_class_fidelity_with_fake_classifiers():

@@ -1,0 +1,64 @@
+"""The feature spaces every FID/KID/precision/recall number is computed in, by name.
+
+`build_extractors` is the one entry point. None of its extractors is trained on the
+generators' training split: "random_cnn" and "texture" need no training on lung data at all
+(`lungkit.evaluation.random_features`), "domain_encoder" is trained only on the images passed
+as `encoder_train_images` (an encoder split no generator sees, chosen by the caller), and
+"inception" joins when local InceptionV3 weights exist (its name carries the weights file's
+hash, so cached statistics cannot outlive a change of weights).
+"""
+
+import hashlib
+import logging
+
+from lungkit.checks import check_images
+from lungkit.evaluation.domain_encoder import DomainEncoder
+from lungkit.evaluation.features import InceptionFeatures, find_inception_weights
+from lungkit.evaluation.random_features import RandomCNNFeatures, TextureFeatures
+
+logger = logging.getLogger(__name__)
+
+
+def file_hash(path, length=12):
+    """First `length` hex digits of the SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def build_extractors(encoder_train_images, encoder_train_labels=None, *, size, channels,
+                     seed=0, cache_dir=None, progress=False):
+    """Builds the named feature extractors, `{name: FeatureExtractor}`.
+
+    Args:
+        encoder_train_images: images of the encoder split (no generator trains on them);
+            float `(N, H, W, C)` in [0, 1]. May be None when `encoder_train_labels` is None.
+        encoder_train_labels: their class ints; None leaves out "domain_encoder" (it trains
+            a classifier head).
+        size, channels: the image size and channels the untrained extractors resize to.
+        seed: seed of the random CNN (its weights) and of the domain encoder's training.
+        cache_dir: where the domain encoder is cached (see `DomainEncoder.fit`).
+        progress: logs which extractors were built.
+
+    Returns:
+        dict with keys "random_cnn", "texture", and when available "domain_encoder" and
+        "inception"; each value has `.name` naming the space in every number.
+    """
+    extractors = {
+        "random_cnn": RandomCNNFeatures(size, channels, seed=seed),
+        "texture": TextureFeatures(size),
+    }
+    if encoder_train_labels is not None:
+        images = check_images(encoder_train_images, "encoder_train_images")
+        extractors["domain_encoder"] = DomainEncoder.fit(images, encoder_train_labels,
+                                                         cache_dir=cache_dir, seed=seed)
+    weights = find_inception_weights()
+    if weights is not None:
+        inception = InceptionFeatures(weights=weights)
+        inception.name = f"inception_v3_{file_hash(weights)}"
+        extractors["inception"] = inception
+    if progress:
+        logger.info("Feature extractors: %s", {k: v.name for k, v in extractors.items()})
+    return extractors
