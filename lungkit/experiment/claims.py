@@ -107,14 +107,28 @@ def more_detail(results, evidence):
 
 
 def denoiser_imitates(results, evidence):
+    """Judged against held-out real slices AND a do-nothing control (the noised inputs
+    themselves, what the identity function returns): an identity or untrained denoiser copies
+    its input, so it must not pass. PASS needs both gaps beyond the margin, FAIL either short."""
     text = ("The paper's denoiser 'almost perfectly imitates the original image' (its samples "
-            "are closer to a training image than held-out real slices are).")
+            "are closer to a training image than held-out real slices and than its own noised "
+            "input are).")
     sims = evidence.get("similarity", {})
     if not {"denoiser_paper", "real"} <= set(sims):
         return None
     gap = mean_difference(sims["denoiser_paper"], sims["real"])
-    return _claim(text, gap, SIMILARITY_MARGIN,
-                  f"nearest-training similarity, samples minus held-out real {gap.text()}")
+    if "denoiser_input" not in sims:
+        return _claim(text, gap, SIMILARITY_MARGIN, outcome="INCONCLUSIVE",
+                      evidence=f"samples minus held-out real {gap.text()}; no do-nothing "
+                      "control measured, so a copy of the input cannot be told apart")
+    control = mean_difference(sims["denoiser_paper"], sims["denoiser_input"])
+    outcomes = {verdict(gap, SIMILARITY_MARGIN), verdict(control, 0.0)}
+    outcome = "FAIL" if "FAIL" in outcomes else (
+        "INCONCLUSIVE" if "INCONCLUSIVE" in outcomes else "PASS")
+    return _claim(text, control, 0.0, outcome=outcome,
+                  evidence=f"nearest-training similarity, samples minus held-out real "
+                  f"{gap.text()} (margin {SIMILARITY_MARGIN}); samples minus their noised "
+                  f"input (do-nothing control) {control.text()}")
 
 
 def not_generative(results, evidence):

@@ -122,6 +122,9 @@ def compare(config=None, out_dir=None, progress=True):
         entry, model_samples = train_and_sample(
             model_name, config, train_x, train_y, out_dir / model_name, progress=progress
         )
+        for control in [name for name in model_samples if name not in entry["variants"]]:
+            evidence["similarity"][control] = metrics.memorization(  # controls: claims only
+                model_samples.pop(control), scoring["train"])["similarity"]
         samples.update(model_samples)
         for variant, images in model_samples.items():
             if entry["variants"][variant].get("evaluate", True):

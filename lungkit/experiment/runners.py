@@ -147,7 +147,11 @@ def run_denoiser(config, train_x, train_y, out_dir, progress=True):
         "label": "Denoiser (paper: noised training images)", "steps": 1, **paper_timing}
     entry["variants"]["denoiser_noise"] = {
         "label": "Denoiser from pure noise", "steps": 1, **noise_timing}
-    return entry, {"denoiser_paper": paper, "denoiser_noise": noise}
+    # the do-nothing control: the noised inputs themselves, what an identity denoiser returns;
+    # not a variant (compare keeps only its nearest-training similarity for the claims)
+    control = np.asarray(model.add_noise(train_x[pick], c.noise_std,
+                                         seed=None if seed is None else seed + 1))
+    return entry, {"denoiser_paper": paper, "denoiser_noise": noise, "denoiser_input": control}
 
 
 def run_diffusion(config, train_x, train_y, out_dir, progress=True):

@@ -87,14 +87,31 @@ def test_more_detail_follows_the_kid_difference(vae_shift, ddim_shift, expected)
     assert row["verdict"] == expected and "KID(VAE) - KID(DDIM)" in row["evidence"]
 
 
-@pytest.mark.parametrize("sample_similarity, expected", [
-    (0.95, "PASS"), (0.6, "FAIL"), (0.75, "INCONCLUSIVE")])
-def test_denoiser_imitates_is_judged_against_held_out_slices(sample_similarity, expected):
+@pytest.mark.parametrize("sample_similarity, control_similarity, expected", [
+    (0.95, 0.80, "PASS"), (0.6, 0.50, "FAIL"), (0.75, 0.60, "INCONCLUSIVE"),
+    (0.95, 0.95, "INCONCLUSIVE"),  # no better than the noised input: the gap to control is 0
+    (0.85, 0.99, "FAIL"),  # worse than doing nothing
+])
+def test_denoiser_imitates_is_judged_against_held_out_slices_and_a_control(
+        sample_similarity, control_similarity, expected):
     # held-out real slices resemble their nearest training slice at 0.70 on average; the
     # margin is 0.05, so 0.75 sits on it
-    evidence = {"similarity": {"denoiser_paper": RNG.normal(sample_similarity, 0.05, 30),
-                               "real": RNG.normal(0.70, 0.05, 30)}}
+    def centred(mean):  # spread 0.05, mean exact: the verdict does not hang on the draw
+        z = RNG.normal(0.0, 0.05, 30)
+        return mean + z - z.mean()
+
+    evidence = {"similarity": {"denoiser_paper": centred(sample_similarity),
+                               "real": centred(0.70), "denoiser_input": centred(control_similarity)}}
     assert _claim(claims.denoiser_imitates, evidence=evidence)["verdict"] == expected
+
+
+def test_the_identity_denoiser_does_not_pass():
+    noised = RNG.normal(0.95, 0.02, 30)  # the identity returns its noised input unchanged
+    evidence = {"similarity": {"denoiser_paper": noised, "denoiser_input": noised.copy(),
+                               "real": RNG.normal(0.70, 0.02, 30)}}
+    assert _claim(claims.denoiser_imitates, evidence=evidence)["verdict"] != "PASS"
+    del evidence["similarity"]["denoiser_input"]  # without the control nothing can be decided
+    assert _claim(claims.denoiser_imitates, evidence=evidence)["verdict"] == "INCONCLUSIVE"
 
 
 @pytest.mark.parametrize("noise_shift, expected", [(2.0, "PASS"), (0.0, "INCONCLUSIVE")])
