@@ -43,7 +43,8 @@ __all__ = ["__version__", "require_tensorflow", *_EXPORTS]
 # packages and everything in them, except the TensorFlow-free modules below.
 TENSORFLOW_PACKAGES = ("lungkit.models", "lungkit.training", "lungkit.evaluation",
                        "lungkit.data.pipeline")
-TENSORFLOW_FREE = ("lungkit.models", "lungkit.models.registry", "lungkit.models.schedule")
+TENSORFLOW_FREE = ("lungkit.models", "lungkit.models.registry", "lungkit.models.schedule",
+                   "lungkit.evaluation", "lungkit.evaluation.statistics")
 
 
 def require_tensorflow(what="this part of lungkit"):
