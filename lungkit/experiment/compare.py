@@ -16,7 +16,6 @@ Settings are the frozen dataclasses of `lungkit.experiment.config`; the claims a
 `lungkit.experiment.claims`.
 """
 
-import json
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from lungkit.data.labels import class_counts, labels_from_counts
 from lungkit.experiment.claims import check_claims
 from lungkit.experiment.config import get_config
 from lungkit.experiment.runners import train_and_sample
+from lungkit.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -212,10 +212,7 @@ def _class_classifier(config, train_x, train_y, cache_dir, progress):
 
 
 def _write_json(data, path):
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    tmp.replace(path)
+    write_json(path, data, default=_json_default)  # atomic: lungkit.files
 
 
 def _json_default(value):
