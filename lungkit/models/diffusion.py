@@ -14,20 +14,18 @@ so w = 0 is unconditional sampling, w = 1 conditional sampling, w > 1 guided sam
 Images are in [-1, 1] inside the model and float32 [0, 1] at its public boundary.
 """
 
-import dataclasses
 import logging
-from typing import NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf  # tf.function (the compiled sampling step) and tf.distribute only
+import tensorflow as tf  # tf.function only (the compiled sampling step)
 from keras import ops
 from tqdm.auto import tqdm
 
 from lungkit.checks import check_choice, check_int, check_number, check_optional_int, check_seed
-from lungkit.data.labels import resolve_labels
 from lungkit.models.base import GenerativeModel
-from lungkit.models.recipe import LOSS_WEIGHTINGS, ema_decay_at, loss_weights
+from lungkit.models.recipe import LOSS_WEIGHTINGS, denoising_mse, ema_decay_at, update_ema
+from lungkit.models.sampling import SamplingStep, StepOptions, sampling_labels
 from lungkit.models.schedule import (
     PREDICTIONS,
     NoiseSchedule,
@@ -41,69 +39,6 @@ from lungkit.models.schedule import (
 from lungkit.models.unet import build_unet
 
 logger = logging.getLogger(__name__)
-
-
-def update_ema(ema_variables, variables, decay):
-    """`ema = decay * ema + (1 - decay) * w` for every pair, in or out of `tf.distribute`.
-
-    In a replica context (inside `fit` under a strategy) the update runs once per variable
-    through `merge_call`, as Keras' own optimizer updates its variables; `decay` (a number or
-    a tensor, e.g. the warm-up's) goes through it as an argument, per replica.
-    """
-    def assign(ema, value, decay):
-        return ema.assign(decay * ema + (1.0 - decay) * value)
-
-    def update(strategy, decay):
-        for ema_variable, variable in zip(ema_variables, variables, strict=True):
-            strategy.extended.update(ema_variable.value, assign, args=(variable.value, decay),
-                                     group=False)
-
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        update(tf.distribute.get_strategy(), decay)
-    else:
-        context.merge_call(update, args=(decay,))
-
-
-class StepOptions(NamedTuple):
-    """The Python flags of the compiled sampling step: each combination is traced once.
-
-    A NamedTuple, so `tf.function` keys its traces on the values (not on the object).
-
-    Attributes:
-        use_ema: call the EMA network (else the online one).
-        guided: classifier-free guidance, two network passes (a label and w not in {0, 1}).
-        clip: clip `pred_x0` to [-1, 1] (diffusers' `clip_sample`).
-        stochastic: add fresh noise from `sampling_seeds` (the step's `noise` coefficient > 0).
-    """
-
-    use_ema: bool
-    guided: bool
-    clip: bool
-    stochastic: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingStep:
-    """One step of `DiffusionModel.sample_progressive` on one batch of images.
-
-    Attributes:
-        start: index, among the `n` images asked for, of this batch's first image.
-        count: images in this batch (`x` has exactly this many rows).
-        index: the step, 0 .. len(plan) - 1; `final` is True on the last one.
-        timestep: t of this step's network call.
-        x: float32 tensor `(batch, H, W, C)`, the sample after this step, in model space
-            (the batch's output when `final`).
-        pred_x0: float32 tensor like `x`, this step's estimate of the clean image.
-    """
-
-    start: int
-    count: int
-    index: int
-    timestep: int
-    final: bool
-    x: object
-    pred_x0: object
 
 
 @keras.saving.register_keras_serializable(package="lungkit")
@@ -256,11 +191,8 @@ class DiffusionModel(GenerativeModel):
         if self.num_classes is not None:
             inputs.append(self._labels(labels, batch, training))
         prediction = ops.cast(self.network(inputs, training=training), "float32")
-        if self.loss_weighting == "none":
-            return ops.mean(ops.square(prediction - target))
-        per_image = ops.mean(ops.square(prediction - target), axis=(1, 2, 3))
-        weights = loss_weights(ops.reshape(alpha_bar, (-1,)), self.prediction, self.min_snr_gamma)
-        return ops.mean(weights * per_image)
+        return denoising_mse(prediction, target, ops.reshape(alpha_bar, (-1,)),
+                             self.loss_weighting, self.prediction, self.min_snr_gamma)
 
     def after_train_step(self, step=None):
         """The EMA update; `step` (0 for the first update) defaults to the optimizer's count.
@@ -347,7 +279,7 @@ class DiffusionModel(GenerativeModel):
         """
         n, batch_size = check_int("n", n), check_int("batch_size", batch_size)
         plan = self.schedule.plan(sampler, steps, eta, spacing)
-        labels, guidance, guided = self._sampling_labels(n, label, guidance)
+        labels, guidance, guided = sampling_labels(n, label, guidance, self.num_classes)
         logger.info("Sampling %d images with %s: %d network calls per batch of %d, %s weights",
                     n, sampler, len(plan), min(batch_size, n), "EMA" if use_ema else "online")
         options = [StepOptions(use_ema=use_ema, guided=guided, clip=clip_denoised,
@@ -411,30 +343,6 @@ class DiffusionModel(GenerativeModel):
                                         use_ema=use_ema, clip_denoised=clip_denoised)
         outputs = [ops.convert_to_numpy(step.x)[:step.count] for step in chain if step.final]
         return np.concatenate(outputs).astype("float32")
-
-    def _sampling_labels(self, n, label, guidance):
-        """`(labels int32 (n,) or None, guidance float, guided bool)` with the documented defaults.
-
-        `guided` (two network passes) when a label comes with w not in {0, 1}; w = 0 samples
-        unconditionally, so its labels are all "no label".
-        """
-        if label is None:
-            if guidance not in (None, 0, 0.0):
-                raise ValueError(f"`guidance` needs a `label`. Received: guidance={guidance}, "
-                                 f"label=None")
-            if self.num_classes is None:
-                return None, 0.0, False
-            return np.full(n, self.num_classes, dtype=np.int32), 0.0, False
-        if self.num_classes is None:
-            raise ValueError(f"`label` needs a model built with `num_classes`. "
-                             f"Received: label={label!r}, num_classes=None")
-        guidance = 1.0 if guidance is None else float(guidance)
-        if guidance < 0:
-            raise ValueError(f"`guidance` must be >= 0. Received: guidance={guidance}")
-        labels = resolve_labels(label, n, self.num_classes)
-        if guidance == 0.0:
-            return np.full(n, self.num_classes, dtype=np.int32), 0.0, False
-        return labels, guidance, guidance != 1.0
 
     def generate(self, n, *, steps=50, sampler="ddim", eta=0.0, seed=None, label=None,
                  guidance=None, spacing=None, batch_size=32, progress=True, use_ema=True,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from lungkit.models.diffusion import DiffusionModel, StepOptions
+from lungkit.models.diffusion import DiffusionModel
+from lungkit.models.sampling import StepOptions
 from lungkit.models.schedule import StepCoefficients
 
 MU, STD = 0.2, 0.3  # per-pixel Gaussian "data" x0 ~ N(MU, STD^2), as in test_schedule.py
