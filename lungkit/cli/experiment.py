@@ -71,8 +71,8 @@ def add_experiment_commands(subparsers):
     demo = subparsers.add_parser(
         "demo", help="the quick comparison on the built-in phantom set (what `make demo` runs)",
         description="Runs `lungkit compare --preset quick` on the built-in phantom set: writes "
-        "the synthetic CT slices, trains the VAE, the U-Net denoiser and the DDPM briefly "
-        "(32 px, grey; a few minutes on a CPU), and writes report.md, report.html, "
+        "the synthetic CT slices, trains the VAE, the U-Net denoiser, the DDPM and the latent "
+        "hybrid briefly (64 px, grey; under 10 minutes on 2 CPU cores), and writes report.md, report.html, "
         "metrics.json and figures/ to --out. Run it again into the same --out and finished "
         "models are loaded, not retrained.")
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
