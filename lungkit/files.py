@@ -127,12 +127,15 @@ def data_hash(*arrays):
 
 
 def files_fingerprint(paths):
-    """A short sha1 of file paths with their sizes and modification times (streamed data)."""
+    """A short sha1 of file paths with their sizes and modification times (streamed data).
+
+    Paths enter as `os.fsencode` bytes, so a name that is not valid UTF-8 works too.
+    """
     digest = hashlib.sha1()
     for path in paths:
         try:
             stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{path}\0missing\n".encode())
+            digest.update(os.fsencode(path) + b"\0missing\n")
     return digest.hexdigest()[:16]

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm")
 PROGRESS_MIN_FILES = 200  # show a progress bar when reading more files than this
+CHECK_SIZE = 8  # px `readable_files` decodes at: JPEGs then decode at 1/8 scale (DCT scaling)
 MAX_SEARCH_DEPTH = 4  # dest/<kaggle link>/<top folder>/<top folder again>/<class folders>
 # Known copies of IQ-OTH/NCCD by slice count: the original release (110 cases) has 1190
 # slices; the Kaggle copy most papers use has 1097 (416 normal, 120 benign, 561 malignant).
@@ -227,7 +228,7 @@ def load_image(path, size=128, window=None):
     return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels
 
 
-def _warn_skipped(unreadable, others):
+def _warn_skipped(unreadable, others=()):
     if not unreadable and not others:
         return
     lines = [f"  {path}: {reason}" for path, reason in unreadable]
@@ -235,6 +236,50 @@ def _warn_skipped(unreadable, others):
               for path in others]
     logger.warning("Skipped %d file(s) that could not be read as images:\n%s",
                    len(lines), "\n".join(lines))
+
+
+def _read_files(paths, size, window, workers, progress, desc):
+    """Decodes `paths` with `load_image` on parallel threads (Pillow releases the GIL).
+
+    Yields `(index, pixels, reason)` in file order: `pixels` is None for a file that cannot
+    be read and `reason` says why (None for readable files).
+    """
+
+    def read(path):
+        try:
+            return load_image(path, size=size, window=window), None
+        except ValueError as error:
+            return None, str(error).split(": ", 1)[-1]
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = tqdm(pool.map(read, paths), total=len(paths), desc=desc, unit="img",
+                       disable=not progress or len(paths) <= PROGRESS_MIN_FILES)
+        for index, (pixels, reason) in enumerate(results):
+            yield index, pixels, reason
+
+
+def readable_files(paths, window=None, workers=None, progress=True):
+    """Which of `paths` `load_image` can read, by decoding each one (at a tiny size).
+
+    The streamed pipeline checks its files with this before training, so it skips exactly
+    the files `load_data` skips (corrupt, truncated, over Pillow's pixel-count limit, not
+    an image) with the same single warning naming each, and knows its length in advance.
+    JPEGs decode at 1/8 scale here, so the check costs a fraction of an epoch's decoding.
+
+    Returns:
+        bool array `(len(paths),)`, True for readable files.
+    """
+    if window is not None:
+        check_window(window)
+    readable, unreadable = np.zeros(len(paths), dtype=bool), []
+    for index, pixels, reason in _read_files(paths, CHECK_SIZE, window, workers, progress,
+                                             "Checking images"):
+        readable[index] = pixels is not None
+        if pixels is None:
+            unreadable.append((paths[index], reason))
+    _warn_skipped(unreadable)
+    return readable
 
 
 def load_data(data_dir, size=128, classes=None, limit=None, progress=True, window=None,
@@ -269,25 +314,14 @@ def load_data(data_dir, size=128, classes=None, limit=None, progress=True, windo
     if not files:
         raise FileNotFoundError(f"No image files found in the class folders of "
                                 f"{str(data_dir)!r}; {EXPECTED_LAYOUT}.")
-
-    def read(item):
-        try:
-            return load_image(item[0], size=size, window=window), None
-        except ValueError as error:
-            return None, str(error).split(": ", 1)[-1]
-
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     keep, unreadable = np.zeros(len(files), dtype=bool), []
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(read, files)
-        bar = tqdm(results, total=len(files), desc="Loading images", unit="img",
-                   disable=not progress or len(files) <= PROGRESS_MIN_FILES)
-        for index, (pixels, reason) in enumerate(bar):
-            if pixels is None:
-                unreadable.append((files[index][0], reason))
-            else:
-                images[index], keep[index] = pixels, True
+    for index, pixels, reason in _read_files([path for path, _ in files], size, window,
+                                             workers, progress, "Loading images"):
+        if pixels is None:
+            unreadable.append((files[index][0], reason))
+        else:
+            images[index], keep[index] = pixels, True
     _warn_skipped(unreadable, others)
     if not keep.any():
         raise FileNotFoundError(f"None of the {len(files)} image files in {str(data_dir)!r} "

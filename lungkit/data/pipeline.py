@@ -1,11 +1,14 @@
 """`tf.data` input pipelines: from in-memory arrays, or streamed from image files.
 
 Every dataset yields float32 NHWC batches in [0, 1] (and int32 labels with `with_labels`).
-Streaming decodes files in parallel with `tf.io` (JPG, PNG, BMP, GIF), so a dataset larger
-than memory never becomes a Python list of arrays. DICOM and TIFF cannot be decoded by
-`tf.io`: a file list that holds any of them is decoded for all files by `load_image` inside
-`tf.numpy_function` (Pillow and pydicom, same pixels as `load_data`, parallel threads but
-bound by Python). This module must not import `lungkit.models`.
+Both transports share one decoding path: a streamed file is read by `load_image` (Pillow or
+pydicom, inside `tf.numpy_function` on parallel threads), the function `load_data` reads it
+with, so EXIF orientation, alpha compositing, 16-bit and palette images, DICOM windowing and
+Pillow's pixel-count limit are the same, and so are the pixels. Before streaming, every
+file is checked once (`readable_files`): the ones `load_data` would skip are named in one
+warning and left out, so a streamed dataset has a known length (steps per epoch) equal to the
+in-memory one. A dataset larger than memory never becomes a Python list of arrays. This
+module must not import `lungkit.models`.
 
 Shuffling is a pure function of `(seed, epoch)`: pass `epoch` visits the images in the order
 `tf.random.experimental.index_shuffle(range(n), seed=[seed, epoch])`, a stateless permutation,
@@ -23,15 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 from lungkit.checks import check_int
-from lungkit.data.images import list_image_files, load_image, normalize
+from lungkit.data.images import list_image_files, load_image, normalize, readable_files
 from lungkit.files import data_hash, files_fingerprint
 
 logger = logging.getLogger(__name__)
 
-TF_DECODABLE = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads
 AUTOTUNE = tf.data.AUTOTUNE
 AUTOTUNE_MIN_CORES = 8  # below this, tf.data's autotuner competes with training for the cores
-JPEG_DCT_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at directly
 
 
 def files_and_labels(data_dir, classes=None):
@@ -50,37 +51,14 @@ def _resize_uint8(images, image_size):
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def _decode_jpeg_scaled(contents, image_size):
-    """Decodes a JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps both sides
-    >= image_size, as Pillow's `draft` does in `load_image`: several times faster."""
-    shape = tf.io.extract_jpeg_shape(contents)
-    smaller_side = tf.reduce_min(shape[:2])
-    ratios = JPEG_DCT_RATIOS
-    index = tf.reduce_sum(tf.cast(smaller_side // ratios[1:] >= image_size, tf.int32))
-    branches = [lambda r=r: tf.io.decode_jpeg(contents, channels=3, ratio=r) for r in ratios]
-    return tf.switch_case(index, branches)
+def _decode_file(path, image_size):
+    """Reads one file (bytes path, `os.fsencode`d) as uint8 `(image_size, image_size, 3)`
+    with `load_image`; a file that became unreadable after the check raises naming it."""
 
+    def read(encoded):
+        return load_image(os.fsdecode(encoded), size=image_size)
 
-def _decode_file_tf(path, image_size):
-    """Reads one JPG/PNG/BMP/GIF file as uint8 `(image_size, image_size, 3)`."""
-    contents = tf.io.read_file(path)
-    image = tf.cond(
-        tf.io.is_jpeg(contents),
-        lambda: _decode_jpeg_scaled(contents, image_size),
-        lambda: tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False))
-    # JPEG DCT scaling often lands on image_size exactly (512 / 8 = 64, 512 / 4 = 128): then
-    # the Lanczos pass would only copy the pixels, at about half the decode's CPU time.
-    shape = tf.shape(image)
-    image = tf.cond(tf.logical_and(shape[0] == image_size, shape[1] == image_size),
-                    lambda: image, lambda: _resize_uint8(image, image_size))
-    image.set_shape((image_size, image_size, 3))
-    return image
-
-
-def _decode_file_numpy(path, image_size):
-    """Reads any `load_image` format (DICOM, TIFF, ...) through `tf.numpy_function`."""
-    image = tf.numpy_function(lambda p: load_image(p.decode(), size=image_size), [path],
-                              tf.uint8, stateful=False)
+    image = tf.numpy_function(read, [path], tf.uint8, stateful=False)
     image.set_shape((image_size, image_size, 3))
     return image
 
@@ -105,7 +83,7 @@ def _finish_batch(images, channels, image_size):
 
 def _cache_path(cache, files, image_size, channels):
     """A cache file name that changes with the file list and decode settings."""
-    digest = hashlib.sha1("\n".join(files).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(b"\n".join(os.fsencode(f) for f in files)).hexdigest()[:12]
     base = Path(cache)
     if base.is_dir():
         base = base / "lungkit-cache"
@@ -232,11 +210,12 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
     """Builds a batched, shuffled, prefetched `tf.data.Dataset` of images in [0, 1].
 
     Give either `images` (in memory) or `files` (streamed). Arrays stay uint8 inside the
-    pipeline and are gathered a batch at a time. Files are decoded in parallel (see module
-    docstring for DICOM/TIFF) and resized with an antialiased Lanczos filter; files that
-    cannot be decoded are dropped with a logged warning (TensorFlow's); with `cache`
-    the decoded uint8 images are cached once and each pass permutes the whole cached set
-    in memory (as a full shuffle buffer would hold it).
+    pipeline and are gathered a batch at a time. Files are decoded in parallel by `load_image`
+    (the decoder of `load_data`, so the pixels are the same); they are checked once first,
+    and those that cannot be read are left out with one warning naming each (see
+    `readable_files`), so the dataset's length is known. With `cache` the decoded uint8
+    images are cached once and each pass permutes the whole cached set in memory (as a full
+    shuffle buffer would hold it).
 
     Shuffling depends on `(seed, epoch)` only (not on TensorFlow's global seed): each pass
     (each new iterator) reads its epoch from `dataset.epoch_variable` when it starts, so
@@ -275,8 +254,49 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         (and int32 `(B,)`). With `shuffle`, it has the attribute `epoch_variable`; always
         `fingerprint`, a hash of the data (array bytes, or file names, sizes and times) and
         of the options above, by which `lungkit.training.fit` recognises a finished run,
-        and `image_count`, the images per pass (for the timing of an epoch).
+        and `image_count`, the images per pass (for the timing of an epoch). Its
+        cardinality is the number of batches per pass (infinite with `repeat`).
+
+    Raises:
+        FileNotFoundError: when none of `files` can be read.
     """
+    _check_options(images, files, batch_size, image_size, channels, cache)
+    seed, epoch, step = _shuffle_state(shuffle, seed, epoch_variable)
+    if files is not None:
+        files, labels = _split_files(files, labels)
+        labels = _check_labels(labels, len(files)) if with_labels else None
+        files, labels = _drop_unreadable(files, labels)
+        count = len(files)
+    else:
+        images = _check_arrays(images)
+        count = len(images)
+        labels = _check_labels(labels, count) if with_labels else None
+        if cache is not None:
+            logger.info("`cache`=%r ignored: in-memory arrays need no cache.", cache)
+    passes = (count, seed, epoch, step, repeat) if shuffle else (count, None, None, None, repeat)
+    batch = dict(batch_size=batch_size, drop_remainder=drop_remainder)
+    finish = _finisher(channels, image_size)
+    if files is None:
+        dataset = _array_batches(images, labels, _index_passes(*passes), batch, finish)
+        data = images
+    else:
+        dataset = _file_batches(files, labels, passes, batch, finish, image_size, channels, cache)
+        data = np.frombuffer(files_fingerprint(files).encode(), "uint8")
+    batches = (tf.data.INFINITE_CARDINALITY if repeat else count // batch_size
+               if drop_remainder else -(-count // batch_size))
+    # flat_map hides the length; Keras uses it for steps per epoch and progress bars
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    dataset = _with_epoch(_bounded(dataset.prefetch(prefetch_depth())), epoch, step)
+    # what, besides the data, decides the batches
+    options = (batch_size, image_size, channels, shuffle, seed, repeat, drop_remainder,
+               with_labels, cache is not None)
+    dataset.fingerprint = data_hash(data, np.asarray(labels if with_labels else []),
+                                    np.frombuffer(repr(options).encode(), "uint8"))
+    dataset.image_count = count
+    return dataset
+
+
+def _check_options(images, files, batch_size, image_size, channels, cache):
     check_int("batch_size", batch_size, 1)
     check_int("image_size", image_size, 1)
     if channels not in (1, 3):
@@ -285,97 +305,96 @@ def make_dataset(images=None, labels=None, *, files=None, batch_size=32, image_s
         raise ValueError("Pass exactly one of `images` (arrays) or `files` (paths to stream).")
     if cache is not None and not isinstance(cache, (str, Path)):
         raise TypeError(f"`cache` must be None, 'memory' or a path. Received: {cache!r}")
-    epoch = step = None
-    if shuffle:
-        if seed is None:
-            seed = int(np.random.default_rng().integers(2**31))
-            logger.info("Shuffle seed drawn: %d (pass `seed` to repeat this order)", seed)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
-        seed = int(seed)
-        epoch, step = _epoch_variables(epoch_variable)
-    if files is not None:
-        files, labels = _split_files(files, labels)
-    else:
-        images = _check_arrays(images)
-    count = len(files) if files is not None else len(images)
-    # what, besides the data, decides the batches: part of `dataset.fingerprint`
-    options = (batch_size, image_size, channels, shuffle, seed, repeat, drop_remainder,
-               with_labels, cache is not None)
-    if with_labels:
-        if labels is None:
-            raise ValueError("`with_labels=True` needs `labels` (or (path, label) tuples in "
-                             "`files`).")
-        labels = np.asarray(labels).astype(np.int32)
-        if labels.shape != (count,):
-            raise ValueError(f"`labels` must have shape ({count},), one per image. Received "
-                             f"shape {labels.shape}")
+
+
+def _shuffle_state(shuffle, seed, epoch_variable):
+    """`(seed, epoch, step)` of a shuffled dataset (see `_epoch_variables`); Nones without."""
+    if not shuffle:
+        return seed, None, None
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+        logger.info("Shuffle seed drawn: %d (pass `seed` to repeat this order)", seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    return int(seed), *_epoch_variables(epoch_variable)
+
+
+def _check_labels(labels, count):
+    """int32 `(count,)` labels, for `with_labels`."""
+    if labels is None:
+        raise ValueError("`with_labels=True` needs `labels` (or (path, label) tuples in "
+                         "`files`).")
+    labels = np.asarray(labels).astype(np.int32)
+    if labels.shape != (count,):
+        raise ValueError(f"`labels` must have shape ({count},), one per image. Received "
+                         f"shape {labels.shape}")
+    return labels
+
+
+def _drop_unreadable(files, labels):
+    """`files` (and `labels`) without the files `load_image` cannot read (one warning)."""
+    keep = readable_files(files)
+    if not keep.any():
+        raise FileNotFoundError(f"None of the {len(files)} files in `files` can be read as an "
+                                f"image (each is named in the warning above).")
+    files = [path for path, readable in zip(files, keep, strict=True) if readable]
+    return files, None if labels is None else labels[keep]
+
+
+def _index_passes(count, seed, epoch, step, repeat):
+    """int64 indices into `count` items, pass after pass: permuted by each pass's epoch
+    when `epoch` is given (shuffled), else in order."""
+    if epoch is not None:
+        return _shuffled_indices(count, seed, epoch, step, repeat)
+    indices = tf.data.Dataset.range(count)
+    return indices.repeat() if repeat else indices
+
+
+def _finisher(channels, image_size):
+    """The map from a batch (and its labels) to the float32 batch the dataset yields."""
 
     def finish(batch, batch_labels=None):
         batch = _finish_batch(batch, channels, image_size)
         return batch if batch_labels is None else (batch, batch_labels)
 
-    if files is None:
-        if cache is not None:
-            logger.info("`cache`=%r ignored: in-memory arrays need no cache.", cache)
-        images_t = tf.convert_to_tensor(images)
-        labels_t = tf.convert_to_tensor(labels) if with_labels else None
-        if shuffle:
-            dataset = _shuffled_indices(count, seed, epoch, step, repeat)
-        else:
-            dataset = tf.data.Dataset.range(count)
-            dataset = dataset.repeat() if repeat else dataset
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-        dataset = dataset.map(
-            lambda index: finish(tf.gather(images_t, index),
-                                 None if labels_t is None else tf.gather(labels_t, index)),
-            num_parallel_calls=parallelism(), deterministic=True)
-        batches = (tf.data.INFINITE_CARDINALITY if repeat else count // batch_size
-                   if drop_remainder else -(-count // batch_size))
-        # flat_map hides the length; Keras uses it for progress bars and epoch ends
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
-        dataset = _with_epoch(_bounded(dataset.prefetch(prefetch_depth())), epoch, step)
-        dataset.fingerprint = data_hash(images, np.asarray(labels if with_labels else []),
-                                        np.frombuffer(repr(options).encode(), "uint8"))
-        dataset.image_count = count
-        return dataset
+    return finish
 
-    native = all(Path(f).suffix.lower() in TF_DECODABLE for f in files)
-    decode_file = _decode_file_tf if native else _decode_file_numpy
-    if not native:
-        logger.info("Decoding %d files with load_image via tf.numpy_function (DICOM/TIFF "
-                    "present; tf.io cannot read them).", count)
-    slices = (files, labels) if with_labels else (files,)
-    dataset = tf.data.Dataset.from_tensor_slices(slices)
 
-    def decode(path, label=None):
-        image = decode_file(path, image_size)
-        return (image,) if label is None else (image, label)
+def _array_batches(images, labels, indices, batch, finish):
+    """Batches of in-memory arrays: a batch of indices, then one gather per batch."""
+    images_t = tf.convert_to_tensor(images)
+    labels_t = None if labels is None else tf.convert_to_tensor(labels)
+    return indices.batch(**batch).map(
+        lambda index: finish(tf.gather(images_t, index),
+                             None if labels_t is None else tf.gather(labels_t, index)),
+        num_parallel_calls=parallelism(), deterministic=True)
+
+
+def _file_batches(files, labels, passes, batch, finish, image_size, channels, cache):
+    """Batches of streamed files, decoded by `load_image`; with `cache`, decoded once."""
+    # bytes, not str: a file name that is not valid UTF-8 still reaches load_image intact
+    slices = tuple(tf.constant(part) for part in
+                   ([os.fsencode(f) for f in files], *([] if labels is None else [labels])))
+
+    def decode(path, *label):
+        return (_decode_file(path, image_size), *label)
 
     if cache is None:
-        if shuffle:
-            items = tuple(tf.constant(part) for part in slices)
-            dataset = _shuffled_indices(count, seed, epoch, step, repeat).map(
-                lambda index: tuple(tf.gather(part, index) for part in items))
-        # Unreadable files are dropped with a logged warning, as load_data skips them.
+        dataset = _index_passes(*passes).map(
+            lambda index: tuple(tf.gather(part, index) for part in slices))
         dataset = dataset.map(decode, num_parallel_calls=parallelism(), deterministic=True)
-        dataset = dataset.ignore_errors(log_warning=True)
     else:
-        dataset = dataset.map(decode, num_parallel_calls=parallelism(), deterministic=True)
-        dataset = dataset.ignore_errors(log_warning=True).cache("" if cache == "memory"
+        dataset = tf.data.Dataset.from_tensor_slices(slices).map(
+            decode, num_parallel_calls=parallelism(), deterministic=True)
+        dataset = dataset.cache("" if cache == "memory"
                                 else _cache_path(cache, files, image_size, channels))
-        if shuffle:
+        count, seed, epoch, step, repeat = passes
+        if epoch is not None:
             dataset = _shuffled_cache(dataset, count, seed, epoch, step, repeat)
-    if repeat and not shuffle:  # shuffled passes repeat by themselves
-        dataset = dataset.repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(finish, num_parallel_calls=parallelism(), deterministic=True)
-    dataset = _with_epoch(_bounded(dataset.prefetch(prefetch_depth())), epoch, step)
-    dataset.fingerprint = data_hash(np.frombuffer(files_fingerprint(files).encode(), "uint8"),
-                                    np.asarray(labels if with_labels else []),
-                                    np.frombuffer(repr(options).encode(), "uint8"))
-    dataset.image_count = count  # files that fail to decode are dropped from the batches
-    return dataset
+        elif repeat:
+            dataset = dataset.repeat()
+    return dataset.batch(**batch).map(finish, num_parallel_calls=parallelism(),
+                                      deterministic=True)
 
 
 def _cores():
