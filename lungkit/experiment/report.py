@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from lungkit.data.labels import CLASS_NAMES, labels_from_counts
+from lungkit.files import write_text
 
 logger = logging.getLogger(__name__)
 
 SAMPLES_PER_FIGURE = 16
 # (key in metrics, column title, format) for the results table
 METRIC_COLUMNS = (
-    ("sharpness_mean", "Sharpness", "{:.1f}"),
-    ("fid", "FID", "{:.2f}"),
-    ("kid_mean", "KID", "{:.4f}"),
-    ("precision", "Precision", "{:.2f}"),
-    ("recall", "Recall", "{:.2f}"),
+    ("sharpness_mean", "Sharpness (var. of Laplacian)", "{:.1f}"),
     ("ms_ssim_diversity", "MS-SSIM (lower = diverse)", "{:.3f}"),
     ("memorization_share", "Near-copies", "{:.0%}"),
     ("class_fidelity", "Class fidelity", "{:.0%}"),
@@ -61,8 +58,6 @@ def _results_table(results):
                    _fmt(entry["train_images_per_second"], "{:.1f}"),
                    _fmt(variant["images_per_second"], "{:.3g}")]
             row += [_fmt(metrics.get(key), pattern) for key, _, pattern in columns]
-            if key_kid_std := metrics.get("kid_std"):
-                row[header.index("KID")] += f" ± {key_kid_std:.4f}"
             rows.append(row)
     real = results.get("real_metrics")
     if real:
@@ -70,6 +65,75 @@ def _results_table(results):
         row += [_fmt(real.get(key), pattern) for key, _, pattern in columns]
         rows.append(row)
     return header, rows
+
+
+def _scored_rows(results):
+    """`(label, metrics)` of every evaluated variant, then the real reference row."""
+    rows = [(v["label"], v["metrics"]) for e in results["models"].values()
+            for v in e["variants"].values() if v.get("metrics")]
+    if results.get("real_metrics"):
+        rows.append(("Real training images (reference)", results["real_metrics"]))
+    return rows
+
+
+def _feature_table(results, space):
+    """FID, KID [interval], precision and recall of every model in one feature space."""
+    header = ["Model", "FID", "KID [95% interval]", "Precision", "Recall"]
+    rows = []
+    for label, metrics in _scored_rows(results):
+        value = metrics.get(f"kid[{space}]")
+        if value is None:
+            continue
+        low, high = metrics.get(f"kid_interval[{space}]") or (None, None)
+        fid = _fmt(metrics.get(f"fid[{space}]"), "{:.3g}")
+        if metrics.get(f"fid_reliable[{space}]") is False:
+            fid += " (unreliable)"
+        rows.append([label, fid, f"{value:.3g} [{_fmt(low, '{:.3g}')}, {_fmt(high, '{:.3g}')}]",
+                     _fmt(metrics.get(f"precision[{space}]"), "{:.2f}"),
+                     _fmt(metrics.get(f"recall[{space}]"), "{:.2f}")])
+    return header, rows
+
+
+def _feature_blocks(results):
+    """One table per feature space, its size notes, and whether the spaces rank alike."""
+    names = results.get("feature_extractors") or {}
+    if not names:
+        return []
+    blocks = [("h2", "FID, KID, precision and recall per feature space"), ("p", (
+        "Every number below is named by the feature space it was computed in. KID: unbiased "
+        "squared MMD with the cubic kernel (x.y / D + 1)^3, unitless, mean over random subsets "
+        "of min(1000, n) images per set, and its 95% bootstrap interval over images (0 is a "
+        "perfect match; the estimate can be slightly negative). FID: the Fréchet distance of "
+        "Gaussians fitted to the features, marked unreliable where a set has fewer images than "
+        "the space has dimensions (mostly bias then). Precision: the share of samples that lie "
+        "within the real slices' k-nearest-neighbour balls (k = 3), i.e. how many samples look "
+        "real. Recall: the share of real slices within the samples' balls, i.e. how much of the "
+        "real variety the samples cover."))]
+    for space, name in names.items():
+        header, rows = _feature_table(results, space)
+        if rows:
+            any_metrics = next(m for _, m in _scored_rows(results)
+                               if m.get(f"kid[{space}]") is not None)
+            blocks.append(("p", f"**{space}** (`{name}`, "
+                           f"{any_metrics.get(f'feature_dims[{space}]')} dimensions)"
+                           + (", the space of the claims" if space == results.get("claim_space")
+                              else "")))
+            blocks.append(("table", (header, rows)))
+    blocks.append(("p", _agreement_text(results.get("extractor_agreement"))))
+    return blocks
+
+
+def _agreement_text(agreement):
+    """Whether the feature spaces order the models alike, in one sentence."""
+    if not agreement or agreement.get("same_order") is None:
+        return "Ranking across feature spaces: fewer than two models or spaces to compare."
+    taus = ", ".join(f"{pair} {_fmt(tau, '{:.2f}')}"
+                     for pair, tau in agreement["kendall_tau"].items())
+    orders = "; ".join(f"{space}: {' < '.join(order)}"
+                       for space, order in agreement["orders"].items())
+    verdict = ("agree on" if agreement["same_order"] else "disagree on")
+    return (f"Ranking by KID (best first): the feature spaces **{verdict}** the order of the "
+            f"models (Kendall's tau {taus}). {orders}.")
 
 
 def _memorization_baseline(results):
@@ -257,20 +321,13 @@ def build_blocks(results, figures):
         f"{config['image_size']}x{config['image_size']} px, {config['channels']} channel(s); "
         f"{data['n_train']} for training, {data['n_test']} held out.")))
     blocks.append(("p", (
-        f"FID, KID, precision and recall use features from **{results['feature_extractor']}**, "
-        f"{config['n_generate']} generated images per model against the {data['n_test']} "
-        "held-out real images; memorization compares each sample with its nearest training "
+        f"{config['n_generate']} generated images per model are scored against the "
+        f"{data['n_test']} held-out real slices; the reference row scores as many real training "
+        "slices the same way. Memorization compares each sample with its nearest training "
         "image. The split is by file: IQ-OTH/NCCD files carry no patient id, so slices of one "
-        "patient can fall on both sides, which flatters FID and memorization figures. "
-        "With so few images FID is strongly biased upwards; KID is the less biased of the two.")))
-    if str(results["feature_extractor"]).startswith("domain_encoder"):
-        blocks.append(("p", (
-            "InceptionV3 ImageNet weights were not found on this machine, so the features come "
-            "from lungkit's domain encoder: a denoising autoencoder trained on the real training "
-            "split, whose multi-scale activation statistics describe anatomy, noise and blur. "
-            "It was trained on the generators' own training split and responds mostly to blur "
-            "and noise, so its FID/KID largely restate sharpness; they are not comparable with "
-            "Inception-based figures in the literature.")))
+        "patient can fall on both sides, which flatters FID and memorization figures. The "
+        f"domain encoder is trained on its own {data.get('n_encoder', 0)} slices, which no "
+        "generator and no metric sees.")))
     if results.get("claims"):
         blocks.append(("h2", "The paper's claims, checked"))
         blocks.append(("p", (
@@ -285,6 +342,7 @@ def build_blocks(results, figures):
                                   for c in results["claims"]])))
     blocks.append(("h2", "Results"))
     blocks.append(("table", _results_table(results)))
+    blocks += _feature_blocks(results)
     baseline = _memorization_baseline(results)
     if baseline is not None:
         blocks.append(("p", (
@@ -395,7 +453,7 @@ def write_report(results, samples, real, out_dir):
     out_dir = Path(out_dir)
     figures = _figures(results, samples, real, out_dir / "figures")
     blocks = build_blocks(results, figures)
-    (out_dir / "report.md").write_text(render_markdown(blocks, out_dir))
-    (out_dir / "report.html").write_text(render_html(blocks))
+    write_text(out_dir / "report.md", render_markdown(blocks, out_dir))  # atomic: lungkit.files
+    write_text(out_dir / "report.html", render_html(blocks))
     logger.info("Wrote %s and %s", out_dir / "report.md", out_dir / "report.html")
     return out_dir / "report.html"

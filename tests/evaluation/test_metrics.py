@@ -200,16 +200,21 @@ def test_evaluate_returns_documented_keys(tmp_path):
     generated, generated_labels = class_images(4, seed=3)
     result = M.evaluate(generated, real, train=train, features=ThumbnailFeatures(),
                         cache_dir=tmp_path, kid_subsets=10)
-    assert tuple(result) == M.EVALUATE_KEYS
+    named = tuple(M.feature_key(metric, "thumbnails") for metric in M.FEATURE_METRICS)
+    assert tuple(result) == M.EVALUATE_KEYS + named
     assert result["n_generated"] == 12 and result["n_real"] == 15 and result["n_train"] == 15
-    assert result["feature_extractor"] == "thumbnails"
-    for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "sharpness_mean",
-                "ms_ssim_diversity", "memorization_share", "nearest_similarity_mean"):
+    assert result["feature_extractors"] == {"thumbnails": "thumbnails"}
+    for key in ("fid[thumbnails]", "kid[thumbnails]", "precision[thumbnails]",
+                "recall[thumbnails]", "sharpness_mean", "ms_ssim_diversity",
+                "memorization_share", "nearest_similarity_mean"):
         assert isinstance(result[key], float), key
+    # 12 and 15 images in 64 dimensions: FID's covariances are singular
+    assert result["fid_reliable[thumbnails]"] is False and result["feature_dims[thumbnails]"] == 64
+    assert result["kid_subset_size[thumbnails]"] == 12
     assert result["psnr"] is None and result["class_fidelity"] is None
 
     copies = M.evaluate(train[:8], real[:8], train=train, paired=True,
                         generated_labels=real_labels[:8], classifier=lambda b: real_labels[:8])
-    assert copies["memorization_share"] == 1.0 and copies["fid"] is None
+    assert copies["memorization_share"] == 1.0 and not any("[" in key for key in copies)
     assert copies["class_fidelity"] == 1.0 and np.isfinite(copies["psnr"])
-    assert -1 < copies["ssim"] < 0.9 and copies["feature_extractor"] is None  # unrelated pairs
+    assert -1 < copies["ssim"] < 0.9 and copies["feature_extractors"] == {}  # unrelated pairs
