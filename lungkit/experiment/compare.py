@@ -2,7 +2,8 @@
 
 `compare(config)` loads a dataset (the phantom set by default), holds out a stratified test
 split and a split of its own for the domain encoder (`load_split`), builds the named feature
-spaces (`feature_spaces`: every FID/KID number says which one it comes from), trains the paper's VAE, the paper's U-Net denoiser and a true DDPM (and, when asked,
+spaces (`feature_spaces`: every FID/KID number says which one it comes from) and checks them
+with the sanity probes (`lungkit.evaluation.probes`), trains the paper's VAE, the paper's U-Net denoiser and a true DDPM (and, when asked,
 the latent hybrid) under one config, times training and generation, evaluates every model's
 samples against the held-out real images with `lungkit.evaluation.metrics.evaluate`, checks the paper's
 claims against the measured numbers and writes the report (`lungkit.experiment.report`). Training and
@@ -34,6 +35,7 @@ from lungkit.files import write_json
 logger = logging.getLogger(__name__)
 
 CLAIM_SPACE = "random_cnn"  # the claims' feature space: trained on nothing, so no split tunes it
+PROBE_ROUNDS = 300  # bootstrap resamples per sanity probe (8 probes x every feature space)
 
 
 def split_indices(labels, test_fraction, seed=0):
@@ -101,12 +103,14 @@ def feature_spaces(config, split, cache_dir):
     """The named extractors of every FID/KID number (`build_extractors` on the encoder split).
 
     `config.features`: "auto" keeps all that exist, "domain" drops InceptionV3, "inception"
-    requires it. The domain encoder joins when the encoder split is not empty.
+    requires it. The domain encoder joins, and the untrained spaces are standardized, when the
+encoder split holds at least 2 slices.
     """
     from lungkit.evaluation.extractors import build_extractors
 
-    labels = split.encoder_y if len(split.encoder_y) else None
-    extractors = build_extractors(split.encoder_x, labels, size=config.image_size,
+    has_split = len(split.encoder_y) > 1
+    extractors = build_extractors(split.encoder_x if has_split else None,
+                                  split.encoder_y if has_split else None, size=config.image_size,
                                   channels=config.channels, seed=config.seed,
                                   cache_dir=cache_dir, progress=True)
     if config.features == "domain":
@@ -136,6 +140,7 @@ def compare(config=None, out_dir=None, progress=True):
         The results dict also written to `out_dir/metrics.json`.
     """
     from lungkit.evaluation import metrics
+    from lungkit.evaluation.probes import run_probes
     from lungkit.evaluation.statistics import rank_agreement
     from lungkit.experiment import report
 
@@ -186,6 +191,8 @@ def compare(config=None, out_dir=None, progress=True):
 
     results["real_metrics"] = _reference_row(config, train_x, train_y, test_y, scoring,
                                              results.get("classifier"), evidence)
+    results["probes"] = run_probes(test_x, test_y, train_x, extractors, seed=config.seed,
+                                   rounds=PROBE_ROUNDS)
     results["extractor_agreement"] = rank_agreement(
         {space: {v["label"]: v["metrics"].get(metrics.feature_key("kid", space))
                  for e in results["models"].values() for v in e["variants"].values()

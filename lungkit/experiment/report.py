@@ -136,6 +136,40 @@ def _agreement_text(agreement):
             f"models (Kendall's tau {taus}). {orders}.")
 
 
+PROBE_LABELS = {"perfect": "Perfect (held-out real)", "memorizer": "Memorizer (training copies)",
+                "class_collapse": "Class collapse (one class)", "mode_collapse": "Mode collapse",
+                "flip": "Vertical flip", "shuffle": "4x4 patch shuffle", "blur": "Blur 1 px",
+                "noise": "Noise 0.1"}
+
+
+def _probe_blocks(results):
+    """The sanity probes: what each feature space must see, and whether it does."""
+    probes = results.get("probes")
+    if not probes:
+        return []
+    spaces = list(probes["extractors"])
+    rows = []
+    for probe, by_space in probes["probes"].items():
+        cells = []
+        for space in spaces:
+            row = by_space.get(space) or {}
+            effect = "" if row.get("effect") is None else f" {row['effect']:.3g}"
+            cells.append(f"{row.get('verdict', 'N/A')}{effect}")
+        rows.append([PROBE_LABELS.get(probe, probe), probes["criteria"][probe], *cells])
+    passed = "; ".join(f"{space} {done} of {judged}"
+                       for space, (done, judged) in probes["passed"].items())
+    return [("h2", "Sanity probes: does each feature space rank a perfect generator first?"),
+            ("p", (
+                f"Held-out real slices are split in two: {probes['n_reference']} are the "
+                f"reference, {probes['n_source']} are the perfect generator and, transformed, "
+                "the broken ones. Each cell: the verdict (95% bootstrap, PASS = the space sees "
+                "what it must) and the effect (KID above the perfect set's; for the memorizer, "
+                "nearest-training similarity above the perfect set's; for class collapse, the "
+                "extra share of samples nearest to that class). A space 'ranks models "
+                f"correctly' only as far as it passes these: {passed}.")),
+            ("table", (["Probe", "A sound space shows", *spaces], rows))]
+
+
 def _memorization_baseline(results):
     """The held-out real slices' near-copy share against the training split, or None."""
     for entry in results["models"].values():
@@ -343,6 +377,7 @@ def build_blocks(results, figures):
     blocks.append(("h2", "Results"))
     blocks.append(("table", _results_table(results)))
     blocks += _feature_blocks(results)
+    blocks += _probe_blocks(results)
     baseline = _memorization_baseline(results)
     if baseline is not None:
         blocks.append(("p", (

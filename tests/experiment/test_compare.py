@@ -95,6 +95,13 @@ def test_compare_writes_every_artefact(tmp_path, tiny_features, tiny):
         assert f"**{space}** (`{tiny_features[1][space]}`" in report_md
     assert "Ranking by KID (best first): the feature spaces" in report_md
     assert "(unreliable)" in report_md
+    probes = saved["probes"]  # 3 reference and 3 source slices: one per class each
+    assert (probes["n_reference"], probes["n_source"]) == (3, 3)
+    assert probes["probes"]["class_collapse"]["random_cnn"]["verdict"] == "N/A"  # 1 slice
+    for space in ("random_cnn", "texture", "domain_encoder"):
+        assert probes["probes"]["blur"][space]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert "Sanity probes: does each feature space rank a perfect generator first?" in report_md
+    assert "| 4x4 patch shuffle | KID above the perfect set's |" in report_md
     share = vae["memorization_share_real"]
     assert f"Held-out real slices score {share:.0%} against the same training" in report_md
     diffusion = load_model(run / "diffusion" / "diffusion.keras")
