@@ -212,15 +212,9 @@ def _class_table(results):
     return ["Samples", *CLASS_NAMES, "Overall", "TSTR accuracy"], rows
 
 
-def _figures(results, samples, real, figures_dir):
-    """Draws every figure; returns a list of `(path, caption)`."""
-    from lungkit import viz
-
-    figures_dir.mkdir(parents=True, exist_ok=True)
+def _real_figure(viz, real, figures_dir):
+    """Fig. 1: real slices per class (the paper's Figure 1)."""
     real_x, real_y = real
-    made = []
-
-    # Fig. 1: real slices per class (the paper's Figure 1)
     rows = {}
     for label, name in enumerate(CLASS_NAMES):
         picked = real_x[np.asarray(real_y) == label][:6]
@@ -228,45 +222,61 @@ def _figures(results, samples, real, figures_dir):
             rows[name] = picked
     path = figures_dir / "fig1_real_per_class.png"
     viz.comparison_figure(rows, path, ncols=6)
-    made.append((path, "Figure 1. Real training slices, one row per class."))
+    return [(path, "Figure 1. Real training slices, one row per class.")]
 
-    if "vae" in samples:
-        path = figures_dir / "fig2_vae_samples.png"
-        vae_samples = samples["vae"][:SAMPLES_PER_FIGURE]
-        half = (len(vae_samples) + 1) // 2  # two rows, drawn large enough to judge blur
-        viz.comparison_figure({"VAE": vae_samples[:half], " ": vae_samples[half:]}
-                              if len(vae_samples) > 1 else {"VAE": vae_samples},
-                              path, ncols=half)
-        made.append((path, "Figure 2. VAE samples (z ~ N(0, I), decoded)."))
 
-    diffusion_rows = {}
+def _vae_figure(viz, samples, figures_dir):
+    """Fig. 2: VAE samples in two rows, drawn large enough to judge blur."""
+    if "vae" not in samples:
+        return []
+    path = figures_dir / "fig2_vae_samples.png"
+    vae_samples = samples["vae"][:SAMPLES_PER_FIGURE]
+    half = (len(vae_samples) + 1) // 2
+    viz.comparison_figure({"VAE": vae_samples[:half], " ": vae_samples[half:]}
+                          if len(vae_samples) > 1 else {"VAE": vae_samples},
+                          path, ncols=half)
+    return [(path, "Figure 2. VAE samples (z ~ N(0, I), decoded).")]
+
+
+def _diffusion_figure(viz, results, samples, figures_dir):
+    """Fig. 3: one row per diffusion-family model and sampler."""
+    rows = {}
     for variant, images in samples.items():
         if variant == "vae":
             continue
         label = next(e["variants"][variant]["label"] for e in results["models"].values()
                      if variant in e["variants"])
-        diffusion_rows[label] = images[:8]
-    if diffusion_rows:
-        path = figures_dir / "fig3_diffusion_samples.png"
-        viz.comparison_figure(diffusion_rows, path, ncols=8)
-        made.append((path, "Figure 3. Samples of the diffusion-family models, one row per "
-                           "model and sampler."))
+        rows[label] = images[:8]
+    if not rows:
+        return []
+    path = figures_dir / "fig3_diffusion_samples.png"
+    viz.comparison_figure(rows, path, ncols=8)
+    return [(path, "Figure 3. Samples of the diffusion-family models, one row per model and "
+                   "sampler.")]
 
+
+def _curve_figures(viz, results, figures_dir):
+    """Figs. 4-7: each model's training losses per epoch."""
+    made = []
     for number, (model, title) in enumerate(
         (("vae", "VAE training losses"), ("denoiser", "Denoiser training loss (MSE)"),
          ("diffusion", "DDPM training loss"), ("latent", "Latent diffusion training loss")),
         start=4,
     ):
         entry = results["models"].get(model)
-        if not entry:
-            continue
-        history = {k: v for k, v in entry["history"].items() if k.endswith("loss")}
+        history = {k: v for k, v in (entry or {}).get("history", {}).items()
+                   if k.endswith("loss")}
         if history:
             path = figures_dir / f"fig{number}_{model}_curves.png"
             viz.plot_history(history, path=path, title=title)
             made.append((path, f"Figure {number}. {title} per epoch."))
+    return made
 
-    for entry in results["models"].values():  # conditional models: one row per class
+
+def _class_figures(viz, results, samples, figures_dir):
+    """Conditional models: one row of samples per requested class."""
+    made = []
+    for entry in results["models"].values():
         for name, variant in entry["variants"].items():
             if not variant.get("conditional") or name not in samples \
                     or not variant.get("evaluate", True):
@@ -279,34 +289,47 @@ def _figures(results, samples, real, figures_dir):
             viz.comparison_figure(rows, path, ncols=8, title=variant["label"])
             made.append((path, f"{variant['label']}: samples of each requested class, one row "
                                "per class."))
-
-    labels, speeds = [], []
-    for entry in results["models"].values():
-        for variant in entry["variants"].values():
-            labels.append(variant["label"])
-            speeds.append(variant["images_per_second"])
-    if labels:
-        path = figures_dir / "speed.png"
-        viz.bar_chart(labels, speeds, path, xlabel="images per second (log scale)",
-                      title="Generation speed", log=True)
-        made.append((path, "Generation speed: images per second on this machine."))
-        scored = [(v["label"], v["metrics"]) for e in results["models"].values()
-                  for v in e["variants"].values() if v.get("metrics")]
-        if scored:
-            path = figures_dir / "sharpness.png"
-            values = [m.get("sharpness_mean", np.nan) for _, m in scored]
-            names = [name for name, _ in scored]
-            if results.get("real_metrics"):
-                names.append("Real images")
-                values.append(results["real_metrics"].get("sharpness_mean", np.nan))
-            # log scale: pure-noise samples sit 10-100x above the rest, which would flatten
-            # the VAE / hybrid / real bars that the comparison is about
-            viz.bar_chart(names, values, path, xlabel="variance of the Laplacian (log scale)",
-                          title="Sharpness (higher = sharper)", log=True)
-            made.append((path, "Sharpness (variance of the Laplacian) of the samples beside "
-                               "the real images. Noise raises it too: read it beside KID/FID, "
-                               "and closest to the real value is best."))
     return made
+
+
+def _speed_and_sharpness_figures(viz, results, figures_dir):
+    """Bar charts: generation speed, and sharpness beside the real images'."""
+    variants = [v for e in results["models"].values() for v in e["variants"].values()]
+    if not variants:
+        return []
+    path = figures_dir / "speed.png"
+    viz.bar_chart([v["label"] for v in variants], [v["images_per_second"] for v in variants],
+                  path, xlabel="images per second (log scale)", title="Generation speed",
+                  log=True)
+    made = [(path, "Generation speed: images per second on this machine.")]
+    scored = [(v["label"], v["metrics"]) for v in variants if v.get("metrics")]
+    if scored:
+        path = figures_dir / "sharpness.png"
+        values = [m.get("sharpness_mean", np.nan) for _, m in scored]
+        names = [name for name, _ in scored]
+        if results.get("real_metrics"):
+            names.append("Real images")
+            values.append(results["real_metrics"].get("sharpness_mean", np.nan))
+        # log scale: pure-noise samples sit 10-100x above the rest, which would flatten
+        # the VAE / hybrid / real bars that the comparison is about
+        viz.bar_chart(names, values, path, xlabel="variance of the Laplacian (log scale)",
+                      title="Sharpness (higher = sharper)", log=True)
+        made.append((path, "Sharpness (variance of the Laplacian) of the samples beside "
+                           "the real images. Noise raises it too: read it beside KID/FID, "
+                           "and closest to the real value is best."))
+    return made
+
+
+def _figures(results, samples, real, figures_dir):
+    """Draws every figure; returns a list of `(path, caption)`."""
+    from lungkit import viz
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    return (_real_figure(viz, real, figures_dir) + _vae_figure(viz, samples, figures_dir)
+            + _diffusion_figure(viz, results, samples, figures_dir)
+            + _curve_figures(viz, results, figures_dir)
+            + _class_figures(viz, results, samples, figures_dir)
+            + _speed_and_sharpness_figures(viz, results, figures_dir))
 
 
 def _interval_text(claim):
