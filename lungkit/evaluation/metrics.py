@@ -11,7 +11,9 @@ All image inputs are float NHWC in [0, 1] with 1 or 3 channels. Implements:
 - `precision_recall`: k-NN manifold estimate (Kynkaanniemi et al., 2019).
 - `memorization`: each sample's nearest training image and the share of near-copies.
 - `class_fidelity`, `train_synthetic_test_real`: class-conditional usefulness.
-- `evaluate`: all of the above in one dict (keys in `EVALUATE_KEYS`).
+- `evaluate`: all of the above in one dict (keys in `EVALUATE_KEYS`, and the feature-space
+  metrics `FEATURE_METRICS` once per extractor, named `kid[random_cnn]`), and on request the
+  per-image arrays behind them (for the claims' bootstrap).
 """
 
 import logging
@@ -24,6 +26,7 @@ from lungkit.data.labels import CLASS_NAMES, NUM_CLASSES
 from lungkit.evaluation.classifier import predict_labels, train_classifier
 from lungkit.evaluation.common import resize_images
 from lungkit.evaluation.distances import FeatureStats, fid, kid, precision_recall
+from lungkit.evaluation.statistics import kid_interval
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +35,17 @@ MSSSIM_MIN_SCALE_SIZE = 8  # smallest image side (px) at MS-SSIM's coarsest scal
 SSIM_FILTER_SIZE = 11  # Gaussian window of SSIM (Wang et al., 2004)
 THUMBNAIL_SIZE = 32  # side of the grayscale thumbnails compared by `memorization`
 
-EVALUATE_KEYS = (
-    "n_generated", "n_real", "n_train", "feature_extractor",
+KID_BOOTSTRAP_ROUNDS = 200  # resamples of each KID interval (the claims use statistics.ROUNDS)
+
+EVALUATE_KEYS = (  # every call; the feature-space keys follow, named by space (`feature_key`)
+    "n_generated", "n_real", "n_train", "feature_extractors",
     "sharpness_mean", "sharpness_real_mean", "ms_ssim_diversity", "ms_ssim_diversity_real",
-    "fid", "kid_mean", "kid_std", "precision", "recall",
     "memorization_share", "nearest_similarity_mean", "nearest_similarity_max",
     "memorization_share_real", "nearest_similarity_real_mean",
     "psnr", "ssim", "class_fidelity", "class_fidelity_per_class", "tstr_accuracy",
 )
+FEATURE_METRICS = ("fid", "fid_reliable", "kid", "kid_interval", "kid_subset_size",
+                   "feature_dims", "precision", "recall")
 
 
 # --------------------------------------------------------------------------- paired / per image
@@ -207,60 +213,111 @@ def train_synthetic_test_real(synthetic_images, synthetic_labels, real_test_imag
 
 
 # --------------------------------------------------------------------------- all at once
+def feature_key(metric, space):
+    """The `evaluate` key of a feature-space metric: `"kid[random_cnn]"`."""
+    return f"{metric}[{space}]"
+
+
+def _as_spaces(features, real_stats):
+    """`({space: extractor}, {space: FeatureStats or None})` from one extractor or a dict."""
+    if features is None:
+        return {}, {}
+    if not isinstance(features, dict):
+        features = {features.name: features}
+        real_stats = {space: real_stats for space in features}
+    real_stats = real_stats if isinstance(real_stats, dict) else {}
+    return features, {space: real_stats.get(space) for space in features}
+
+
+def _feature_metrics(space, fake, real, kid_subsets, kid_subset_size, kid_rounds, k, seed):
+    """FID, KID (with its bootstrap interval) and precision/recall in one feature space."""
+    subset = min(kid_subset_size, len(fake.features), len(real.features))
+    kid_mean, _ = kid(fake, real, kid_subsets, kid_subset_size, seed)  # spread: not an error bar
+    interval = kid_interval(fake.features, real.features, rounds=kid_rounds, seed=seed)
+    dims = fake.features.shape[1]
+    row = {"fid": fid(fake, real),
+           "fid_reliable": bool(min(len(fake.features), len(real.features)) >= dims),
+           "kid": kid_mean, "kid_interval": [interval.low, interval.high],
+           "kid_subset_size": subset, "feature_dims": dims, "precision": None, "recall": None}
+    if min(len(fake.features), len(real.features)) > k:
+        row["precision"], row["recall"] = precision_recall(real, fake, k)
+    return {feature_key(metric, space): value for metric, value in row.items()}
+
+
 def evaluate(generated, real, train=None, features=None, *, real_stats=None, cache_dir=None,
              paired=False, generated_labels=None, classifier=None, real_labels=None,
-             tstr_epochs=10, tstr_steps=None, kid_subsets=100, kid_subset_size=1000, k=3,
-             memorization_threshold=0.95, diversity_pairs=200, seed=0, progress=False):
-    """Every metric for one model's samples, as a JSON-ready dict with the keys `EVALUATE_KEYS`.
+             tstr_epochs=10, tstr_steps=None, kid_subsets=100, kid_subset_size=1000,
+             kid_rounds=KID_BOOTSTRAP_ROUNDS, k=3, memorization_threshold=0.95,
+             diversity_pairs=200, seed=0, progress=False, return_arrays=False):
+    """Every metric for one model's samples, as a JSON-ready dict.
 
     Args:
         generated: samples, float `(N, H, W, C)` in [0, 1].
         real: held-out real images (the reference for FID/KID/precision/recall), same range.
         train: the training images, for memorization (None: memorization keys are None).
-        features: a `lungkit.evaluation.common.FeatureExtractor` (None: FID/KID/precision/recall None).
-        real_stats: precomputed `FeatureStats` of `real` under `features` (skips extraction).
+        features: a `lungkit.evaluation.common.FeatureExtractor`, or `{space: extractor}`
+            (e.g. `build_extractors`'s); None: no feature-space metrics.
+        real_stats: precomputed `FeatureStats` of `real` (a dict by space with a dict of
+            extractors); skips extracting the real images' features again.
         cache_dir: where `FeatureStats.from_images` caches real-image features.
         paired: `generated[i]` reconstructs `real[i]` (adds psnr/ssim means).
         generated_labels: class requested for each sample; with `classifier` gives class
             fidelity, with `real_labels` gives train-on-synthetic-test-on-real accuracy.
         tstr_epochs, tstr_steps: training of the train-on-synthetic classifier (steps, when
             given, replace epochs; see `lungkit.evaluation.classifier.train_classifier`).
+        kid_rounds: bootstrap resamples of KID's interval.
+        return_arrays: also return the per-image arrays the numbers came from.
 
     Returns:
-        dict. Counts `n_generated`, `n_real`, `n_train`; `feature_extractor` (name or None);
-        `sharpness_mean` (+ `sharpness_real_mean`, the real images' own value);
-        `ms_ssim_diversity` (+ `_real`; lower = more diverse); `fid`; `kid_mean`, `kid_std`;
-        `precision`, `recall`; `memorization_share` (share of samples whose nearest training
-        image has similarity >= threshold), `nearest_similarity_mean`, `nearest_similarity_max`
-        and the held-out real images' own `memorization_share_real`,
-        `nearest_similarity_real_mean` as the baseline (similarity as in `memorization`,
-        pixel correlation); `psnr`, `ssim` (paired only); `class_fidelity` (overall accuracy),
-        `class_fidelity_per_class`; `tstr_accuracy`. Metrics not computed are None.
+        dict with the keys `EVALUATE_KEYS` and, per feature space S (the dict's keys, or the
+        extractor's name), the keys `FEATURE_METRICS` named `metric[S]` (`feature_key`):
+        `fid[S]`; `fid_reliable[S]` (False when either set has fewer images than the space
+        has dimensions: the covariance is then singular and FID mostly bias); `kid[S]` (mean
+        over `kid_subsets` subsets of `kid_subset_size[S]` images per set, cubic kernel
+        `(x.y / D + 1)^3`, unitless); `kid_interval[S]` (95% bootstrap interval of KID over
+        images, `statistics.kid_interval`); `feature_dims[S]`; `precision[S]` (share of
+        samples inside the real images' k-NN manifold: fidelity) and `recall[S]` (share of
+        real images inside the samples' manifold: coverage). `feature_extractors` maps each
+        space to the extractor's full name. Also: counts `n_generated`, `n_real`,
+        `n_train`; `sharpness_mean` (+ `sharpness_real_mean`); `ms_ssim_diversity` (+
+        `_real`; lower = more diverse); `memorization_share` (share of samples whose nearest
+        training image has pixel correlation >= threshold), `nearest_similarity_mean`,
+        `nearest_similarity_max` and the held-out real images' own `memorization_share_real`,
+        `nearest_similarity_real_mean` (the baseline); `psnr`, `ssim` (paired only);
+        `class_fidelity`, `class_fidelity_per_class`; `tstr_accuracy`. Metrics not computed
+        are None. With `return_arrays`, `(result, arrays)`: `sharpness`, `sharpness_real`,
+        `similarity`, `similarity_real` (None without `train`) per image, `features`
+        `{space: (N, D)}` of the samples and `real_features` `{space: (N_real, D)}`.
     """
     generated = check_images(generated, "generated")
     real = check_images(real, "real")
+    spaces, real_stats = _as_spaces(features, real_stats)
     result = dict.fromkeys(EVALUATE_KEYS)
+    arrays = {"sharpness": sharpness(generated), "sharpness_real": sharpness(real),
+              "similarity": None, "similarity_real": None, "features": {}, "real_features": {}}
     result.update(n_generated=len(generated), n_real=len(real),
                   n_train=None if train is None else len(train),
-                  sharpness_mean=float(sharpness(generated).mean()),
-                  sharpness_real_mean=float(sharpness(real).mean()))
+                  sharpness_mean=float(arrays["sharpness"].mean()),
+                  sharpness_real_mean=float(arrays["sharpness_real"].mean()),
+                  feature_extractors={space: e.name for space, e in spaces.items()})
     if len(generated) >= 2:
         result["ms_ssim_diversity"] = ms_ssim_diversity(generated, diversity_pairs, seed)
     if len(real) >= 2:
         result["ms_ssim_diversity_real"] = ms_ssim_diversity(real, diversity_pairs, seed)
-    if features is not None:
-        result["feature_extractor"] = features.name
-        if real_stats is None:
-            real_stats = FeatureStats.from_images(real, features, cache_dir, progress)
-        fake_stats = FeatureStats.from_features(features(generated, progress=progress))
-        result["fid"] = fid(fake_stats, real_stats)
-        result["kid_mean"], result["kid_std"] = kid(fake_stats, real_stats, kid_subsets,
-                                                    kid_subset_size, seed)
-        if min(len(generated), len(real)) > k:
-            result["precision"], result["recall"] = precision_recall(real_stats, fake_stats, k)
+    for space, extractor in spaces.items():
+        reference = real_stats[space]
+        if reference is None:
+            reference = FeatureStats.from_images(real, extractor, cache_dir, progress)
+        fake = FeatureStats.from_features(extractor(generated, progress=progress), extractor.name)
+        arrays["features"][space], arrays["real_features"][space] = (fake.features,
+                                                                     reference.features)
+        result.update(_feature_metrics(space, fake, reference, kid_subsets, kid_subset_size,
+                                       kid_rounds, k, seed))
     if train is not None:
         copies = memorization(generated, train, memorization_threshold)
         baseline = memorization(real, train, memorization_threshold)
+        arrays["similarity"], arrays["similarity_real"] = (copies["similarity"],
+                                                           baseline["similarity"])
         result.update(memorization_share=copies["share"],
                       nearest_similarity_mean=float(copies["similarity"].mean()),
                       nearest_similarity_max=float(copies["similarity"].max()),
@@ -278,5 +335,5 @@ def evaluate(generated, real, train=None, features=None, *, real_stats=None, cac
                                                             real_labels, epochs=tstr_epochs,
                                                             steps=tstr_steps)
     logger.info("Evaluated %d samples against %d real images (features: %s)",
-                len(generated), len(real), result["feature_extractor"])
-    return result
+                len(generated), len(real), ", ".join(result["feature_extractors"].values()))
+    return (result, arrays) if return_arrays else result

@@ -8,7 +8,9 @@ interval contains the margin: these images cannot decide).
 
 `kid_difference` is KID(a, real) - KID(b, real) as a bootstrap statistic: the polynomial
 kernels are computed once, and each resample drops the pairs of an image with a copy of
-itself, so that every resampled KID stays the unbiased estimator (Binkowski et al., 2018).
+itself, so that every resampled KID stays the unbiased estimator (Binkowski et al., 2018);
+`kid_interval` is one KID with that interval. `rank_agreement` says whether several feature
+spaces order the models alike (Kendall's tau).
 """
 
 from typing import NamedTuple
@@ -110,6 +112,56 @@ def kid_difference(features_a, features_b, real_features, **options):
         return kid_a - kid_b
 
     return bootstrap(statistic, (len(a), len(b), len(r)), **options)
+
+
+def kid_interval(features_a, features_b, **options):
+    """KID(a, b) on the whole sets (unbiased MMD^2) with its image-level bootstrap interval.
+
+    Both sets are resampled; pairs of an image with a copy of itself are dropped, so every
+    resampled value is the unbiased estimator. Unlike the spread over subsets (which is 0
+    when the subsets are the whole sets), the interval says how KID would vary with new images.
+    """
+    a, b = (np.asarray(f, "float64") for f in (features_a, features_b))
+    if not (a.ndim == b.ndim == 2 and a.shape[1] == b.shape[1]):
+        raise ValueError(f"Feature sets must be (N, D) with one D. Received {a.shape} and {b.shape}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"KID needs at least 2 samples per set. Received {len(a)} and {len(b)}")
+    k_aa, k_bb, k_ab = kid_kernel(a, a), kid_kernel(b, b), kid_kernel(a, b)
+
+    def statistic(i, j):
+        return _within(k_aa, i) + _within(k_bb, j) - 2.0 * k_ab[np.ix_(i, j)].mean()
+
+    return bootstrap(statistic, (len(a), len(b)), **options)
+
+
+def rank_agreement(scores):
+    """Whether feature spaces order the same models alike.
+
+    Args:
+        scores: `{space: {model: score}}`, lower is better (e.g. KID per extractor).
+
+    Returns:
+        dict: `orders` {space: models best first}, `kendall_tau` {"a vs b": tau in [-1, 1] or
+        None when fewer than 2 models are shared}, `same_order` (True when every space
+        ranks the shared models identically; None with fewer than 2 models).
+    """
+    from scipy.stats import kendalltau
+
+    spaces = [s for s in scores if len([v for v in scores[s].values() if v is not None]) >= 2]
+    orders = {s: sorted((m for m, v in scores[s].items() if v is not None),
+                        key=lambda m, s=s: scores[s][m]) for s in spaces}
+    taus = {}
+    for index, first in enumerate(spaces):
+        for second in spaces[index + 1:]:
+            shared = [m for m in orders[first] if m in orders[second]]
+            tau = (float(kendalltau([scores[first][m] for m in shared],
+                                    [scores[second][m] for m in shared])[0])
+                   if len(shared) >= 2 else np.nan)
+            taus[f"{first} vs {second}"] = tau if np.isfinite(tau) else None
+    same = None
+    if taus and all(t is not None for t in taus.values()):
+        same = all(t == 1.0 for t in taus.values())
+    return {"orders": orders, "kendall_tau": taus, "same_order": same}
 
 
 def verdict(interval, margin=0.0):

@@ -1,7 +1,9 @@
 """The comparison experiment: one split, every model, one report.
 
 `compare(config)` loads a dataset (the phantom set by default), holds out a stratified test
-split, trains the paper's VAE, the paper's U-Net denoiser and a true DDPM (and, when asked,
+split and a split of its own for the domain encoder (`load_split`), builds the named feature
+spaces (`feature_spaces`: every FID/KID number says which one it comes from) and checks them
+with the sanity probes (`lungkit.evaluation.probes`), trains the paper's VAE, the paper's U-Net denoiser and a true DDPM (and, when asked,
 the latent hybrid) under one config, times training and generation, evaluates every model's
 samples against the held-out real images with `lungkit.evaluation.metrics.evaluate`, checks the paper's
 claims against the measured numbers and writes the report (`lungkit.experiment.report`). Training and
@@ -20,6 +22,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,6 +33,9 @@ from lungkit.experiment.runners import train_and_sample
 from lungkit.files import write_json
 
 logger = logging.getLogger(__name__)
+
+CLAIM_SPACE = "random_cnn"  # the claims' feature space: trained on nothing, so no split tunes it
+PROBE_ROUNDS = 300  # bootstrap resamples per sanity probe (8 probes x every feature space)
 
 
 def split_indices(labels, test_fraction, seed=0):
@@ -45,8 +51,24 @@ def split_indices(labels, test_fraction, seed=0):
     return np.sort(np.asarray(train, dtype=int)), np.sort(np.asarray(test, dtype=int))
 
 
+class Split(NamedTuple):
+    """The three disjoint parts of the data: generator training, held-out test, encoder."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    encoder_x: np.ndarray  # the domain encoder's own slices: no generator or metric sees them
+    encoder_y: np.ndarray
+    info: dict
+
+
 def load_split(config, out_dir):
-    """Loads the configured dataset and returns `(train_x, train_y, test_x, test_y, info)`."""
+    """Loads the configured dataset and splits it (stratified, seeded) into a `Split`.
+
+    `config.test_fraction` of the slices are held out for the metrics, `config.encoder_fraction`
+    go to the domain encoder alone, the rest train the generators.
+    """
     from lungkit.data.images import load_data, normalize, to_channels
     from lungkit.data.sources import resolve_data_dir
 
@@ -55,18 +77,50 @@ def load_split(config, out_dir):
                                 phantom_per_class=config.phantom_per_class, seed=config.seed)
     images, labels = load_data(data_dir, size=config.image_size, limit=config.limit)
     images = to_channels(normalize(images), config.channels)
-    train_idx, test_idx = split_indices(labels, config.test_fraction, config.seed)
+    rest_idx, test_idx = split_indices(labels, config.test_fraction, config.seed)
+    train_idx, encoder_idx = rest_idx, np.zeros(0, dtype=int)
+    if config.encoder_fraction > 0:  # a share of all slices, taken from the non-test part
+        fraction = config.encoder_fraction / (1.0 - config.test_fraction)
+        train_part, encoder_part = split_indices(labels[rest_idx], fraction, config.seed + 1)
+        train_idx, encoder_idx = rest_idx[train_part], rest_idx[encoder_part]
     info = {
         "source": source,
         "data_dir": str(data_dir),
         "n_images": int(len(images)),
         "n_train": int(len(train_idx)),
         "n_test": int(len(test_idx)),
+        "n_encoder": int(len(encoder_idx)),
         "class_counts": class_counts(labels),
     }
-    logger.info("Data: %s, %d images (%d train / %d held out), classes %s",
-                data_dir, info["n_images"], info["n_train"], info["n_test"], info["class_counts"])
-    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], info
+    logger.info("Data: %s, %d images (%d train / %d held out / %d for the domain encoder), "
+                "classes %s", data_dir, info["n_images"], info["n_train"], info["n_test"],
+                info["n_encoder"], info["class_counts"])
+    return Split(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
+                 images[encoder_idx], labels[encoder_idx], info)
+
+
+def feature_spaces(config, split, cache_dir):
+    """The named extractors of every FID/KID number (`build_extractors` on the encoder split).
+
+    `config.features`: "auto" keeps all that exist, "domain" drops InceptionV3, "inception"
+    requires it. The domain encoder joins, and the untrained spaces are standardized, when the
+encoder split holds at least 2 slices.
+    """
+    from lungkit.evaluation.extractors import build_extractors
+
+    has_split = len(split.encoder_y) > 1
+    extractors = build_extractors(split.encoder_x if has_split else None,
+                                  split.encoder_y if has_split else None, size=config.image_size,
+                                  channels=config.channels, seed=config.seed,
+                                  cache_dir=cache_dir, progress=True)
+    if config.features == "domain":
+        extractors.pop("inception", None)
+    elif config.features == "inception" and "inception" not in extractors:
+        from lungkit.evaluation.features import INCEPTION_WEIGHTS_FILE, keras_cache_dir
+
+        raise FileNotFoundError(f"`features='inception'` needs {INCEPTION_WEIGHTS_FILE} in "
+                                f"{keras_cache_dir()} (lungkit never downloads it).")
+    return extractors
 
 
 def compare(config=None, out_dir=None, progress=True):
@@ -86,7 +140,8 @@ def compare(config=None, out_dir=None, progress=True):
         The results dict also written to `out_dir/metrics.json`.
     """
     from lungkit.evaluation import metrics
-    from lungkit.evaluation.features import get_feature_extractor
+    from lungkit.evaluation.probes import run_probes
+    from lungkit.evaluation.statistics import rank_agreement
     from lungkit.experiment import report
 
     if config is None or isinstance(config, str):
@@ -95,18 +150,19 @@ def compare(config=None, out_dir=None, progress=True):
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    train_x, train_y, test_x, test_y, data_info = load_split(config, out_dir)
-    extractor = get_feature_extractor(
-        config.features, train_images=train_x, train_labels=train_y,
-        cache_dir=out_dir / "features",
-    )
-    real_stats = metrics.FeatureStats.from_images(test_x, extractor, out_dir / "features")
-    results = {"config": config.to_dict(), "data": data_info, "machine": machine_info(),
-               "feature_extractor": extractor.name, "models": {}}
-    evidence = {"feature_extractor": extractor.name, "features": {"real": real_stats.features},
-                "sharpness": {"real": metrics.sharpness(test_x)},
-                "similarity": {"real": metrics.memorization(test_x, train_x)["similarity"]}}
-    scoring = dict(test=test_x, train=train_x, extractor=extractor, real_stats=real_stats)
+    split = load_split(config, out_dir)
+    train_x, train_y, test_x, test_y = split[:4]
+    extractors = feature_spaces(config, split, out_dir / "features")
+    real_stats = {space: metrics.FeatureStats.from_images(test_x, extractor, out_dir / "features")
+                  for space, extractor in extractors.items()}
+    names = {space: extractor.name for space, extractor in extractors.items()}
+    results = {"config": config.to_dict(), "data": split.info, "machine": machine_info(),
+               "feature_extractor": names[CLAIM_SPACE], "feature_extractors": names,
+               "claim_space": CLAIM_SPACE, "models": {}}
+    evidence = {"feature_extractor": names[CLAIM_SPACE],
+                "features": {"real": real_stats[CLAIM_SPACE].features},
+                "sharpness": {}, "similarity": {}}
+    scoring = dict(test=test_x, train=train_x, extractors=extractors, real_stats=real_stats)
     classifier, class_options = None, {}
     if config.conditional:
         classifier = _class_classifier(config, train_x, train_y, out_dir / "features", progress)
@@ -135,6 +191,12 @@ def compare(config=None, out_dir=None, progress=True):
 
     results["real_metrics"] = _reference_row(config, train_x, train_y, test_y, scoring,
                                              results.get("classifier"), evidence)
+    results["probes"] = run_probes(test_x, test_y, train_x, extractors, seed=config.seed,
+                                   rounds=PROBE_ROUNDS)
+    results["extractor_agreement"] = rank_agreement(
+        {space: {v["label"]: v["metrics"].get(metrics.feature_key("kid", space))
+                 for e in results["models"].values() for v in e["variants"].values()
+                 if v.get("metrics")} for space in extractors})
     results["claims"] = check_claims(results, evidence)
     results["wall_seconds"] = time.time() - started
     _write_json(results, out_dir / "metrics.json")
@@ -144,21 +206,25 @@ def compare(config=None, out_dir=None, progress=True):
 
 
 def _score_variant(info, images, config, scoring, class_options, evidence, variant):
-    """`evaluate`s one sampler's images into `info["metrics"]` and keeps its per-image
-    arrays (sharpness, features, nearest-training similarity) in `evidence` for the claims."""
+    """`evaluate`s one sampler's images into `info["metrics"]` and keeps the per-image arrays
+    it computed (sharpness, claim-space features, nearest-training similarity) in `evidence`
+    for the claims."""
     from lungkit.evaluation import metrics
 
     labels = None
     if info.get("conditional") and class_options:
         labels = labels_from_counts(info["class_counts"])
-    info["metrics"] = metrics.evaluate(
-        images, scoring["test"], train=scoring["train"], features=scoring["extractor"],
+    info["metrics"], arrays = metrics.evaluate(
+        images, scoring["test"], train=scoring["train"], features=scoring["extractors"],
         real_stats=scoring["real_stats"], seed=config.seed, generated_labels=labels,
-        tstr_steps=config.tstr_steps, **(class_options if labels is not None else {}),
+        tstr_steps=config.tstr_steps, return_arrays=True,
+        **(class_options if labels is not None else {}),
     )
-    evidence["sharpness"][variant] = metrics.sharpness(images)
-    evidence["features"][variant] = scoring["extractor"](images)
-    evidence["similarity"][variant] = metrics.memorization(images, scoring["train"])["similarity"]
+    evidence["sharpness"][variant] = arrays["sharpness"]
+    evidence["features"][variant] = arrays["features"][CLAIM_SPACE]
+    evidence["similarity"][variant] = arrays["similarity"]
+    evidence["sharpness"].setdefault("real", arrays["sharpness_real"])  # the same every call
+    evidence["similarity"].setdefault("real", arrays["similarity_real"])
 
 
 def _reference_row(config, train_x, train_y, test_y, scoring, classifier, evidence):
@@ -168,13 +234,14 @@ def _reference_row(config, train_x, train_y, test_y, scoring, classifier, eviden
 
     pick = np.sort(np.random.default_rng(config.seed).choice(
         len(train_x), size=min(config.n_generate, len(train_x)), replace=False))
-    row = metrics.evaluate(
-        train_x[pick], scoring["test"], train=None, features=scoring["extractor"],
+    row, arrays = metrics.evaluate(
+        train_x[pick], scoring["test"], train=None, features=scoring["extractors"],
         real_stats=scoring["real_stats"], seed=config.seed,
         generated_labels=train_y[pick] if classifier else None,
         real_labels=test_y if classifier else None, tstr_steps=config.tstr_steps,
+        return_arrays=True,
     )
-    evidence["features"]["reference"] = scoring["extractor"](train_x[pick])
+    evidence["features"]["reference"] = arrays["features"][CLAIM_SPACE]
     if classifier is not None:  # what held-out real slices score: the ceiling of fidelity
         row["class_fidelity"] = classifier["test_accuracy"]
         row["class_fidelity_per_class"] = classifier["test_accuracy_per_class"]

@@ -22,6 +22,7 @@ from lungkit.models.registry import MODELS
 MODEL_NAMES = tuple(MODELS)  # the registry's names, in its order
 # compare runs on one machine: every strategy but multi-worker
 COMPARE_STRATEGIES = tuple(s for s in STRATEGIES if s != "multiworker")
+FEATURE_CHOICES = ("auto", "inception", "domain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +99,9 @@ class ExperimentConfig:
     image_size: int = 128  # the paper's size
     channels: int = 3  # the paper loads RGB; 1 holds a third of the data and loses nothing on CT
     test_fraction: float = 0.2  # held out for FID/KID; split by file, not by patient
+    # share of all slices set aside for the domain encoder (FID/KID features): no generator
+    # trains on them and no metric scores against them; 0 leaves the domain encoder out
+    encoder_fraction: float = 0.15
     limit: int | None = None  # at most this many images per class
     phantom_per_class: int = 40
     seed: int = 0
@@ -107,7 +111,10 @@ class ExperimentConfig:
     timing_images: int = 16
     timing_repeats: int = 3
     models: tuple = ("vae", "denoiser", "diffusion")
-    features: str = "auto"  # FID/KID features: "auto" | "inception" | "domain"
+    # FID/KID feature spaces (lungkit.evaluation.extractors): "auto" = the training-free
+    # random CNN and texture features, the domain encoder, and InceptionV3 when its weights
+    # are on disk; "inception" = the same but InceptionV3 required; "domain" = never InceptionV3
+    features: str = "auto"
     strategy: str = "auto"  # tf.distribute strategy every model is built and trained under
     precision: str = "float32"  # Keras dtype policy of every model
     conditional: bool = False  # class-conditional VAE, DDPM and hybrid, scored for fidelity
@@ -129,6 +136,13 @@ class ExperimentConfig:
             raise ValueError(
                 f"`test_fraction` must be in (0, 1). Received: test_fraction={self.test_fraction}"
             )
+        if not 0.0 <= self.encoder_fraction < 1.0 - self.test_fraction:
+            raise ValueError(f"`encoder_fraction` must be in [0, 1 - test_fraction). Received: "
+                             f"encoder_fraction={self.encoder_fraction}, "
+                             f"test_fraction={self.test_fraction}")
+        if self.features not in FEATURE_CHOICES:
+            raise ValueError(f"`features` must be one of {FEATURE_CHOICES}. "
+                             f"Received: features={self.features!r}")
         check_channels(self.channels)
         for field in ("image_size", "classifier_steps", "classifier_members", "tstr_steps",
                       "phantom_per_class", "timing_images", "timing_repeats"):

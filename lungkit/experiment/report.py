@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from lungkit.data.labels import CLASS_NAMES, labels_from_counts
+from lungkit.files import write_text
 
 logger = logging.getLogger(__name__)
 
 SAMPLES_PER_FIGURE = 16
 # (key in metrics, column title, format) for the results table
 METRIC_COLUMNS = (
-    ("sharpness_mean", "Sharpness", "{:.1f}"),
-    ("fid", "FID", "{:.2f}"),
-    ("kid_mean", "KID", "{:.4f}"),
-    ("precision", "Precision", "{:.2f}"),
-    ("recall", "Recall", "{:.2f}"),
+    ("sharpness_mean", "Sharpness (var. of Laplacian)", "{:.1f}"),
     ("ms_ssim_diversity", "MS-SSIM (lower = diverse)", "{:.3f}"),
     ("memorization_share", "Near-copies", "{:.0%}"),
     ("class_fidelity", "Class fidelity", "{:.0%}"),
@@ -61,8 +58,6 @@ def _results_table(results):
                    _fmt(entry["train_images_per_second"], "{:.1f}"),
                    _fmt(variant["images_per_second"], "{:.3g}")]
             row += [_fmt(metrics.get(key), pattern) for key, _, pattern in columns]
-            if key_kid_std := metrics.get("kid_std"):
-                row[header.index("KID")] += f" ± {key_kid_std:.4f}"
             rows.append(row)
     real = results.get("real_metrics")
     if real:
@@ -70,6 +65,109 @@ def _results_table(results):
         row += [_fmt(real.get(key), pattern) for key, _, pattern in columns]
         rows.append(row)
     return header, rows
+
+
+def _scored_rows(results):
+    """`(label, metrics)` of every evaluated variant, then the real reference row."""
+    rows = [(v["label"], v["metrics"]) for e in results["models"].values()
+            for v in e["variants"].values() if v.get("metrics")]
+    if results.get("real_metrics"):
+        rows.append(("Real training images (reference)", results["real_metrics"]))
+    return rows
+
+
+def _feature_table(results, space):
+    """FID, KID [interval], precision and recall of every model in one feature space."""
+    header = ["Model", "FID", "KID [95% interval]", "Precision", "Recall"]
+    rows = []
+    for label, metrics in _scored_rows(results):
+        value = metrics.get(f"kid[{space}]")
+        if value is None:
+            continue
+        low, high = metrics.get(f"kid_interval[{space}]") or (None, None)
+        fid = _fmt(metrics.get(f"fid[{space}]"), "{:.3g}")
+        if metrics.get(f"fid_reliable[{space}]") is False:
+            fid += " (unreliable)"
+        rows.append([label, fid, f"{value:.3g} [{_fmt(low, '{:.3g}')}, {_fmt(high, '{:.3g}')}]",
+                     _fmt(metrics.get(f"precision[{space}]"), "{:.2f}"),
+                     _fmt(metrics.get(f"recall[{space}]"), "{:.2f}")])
+    return header, rows
+
+
+def _feature_blocks(results):
+    """One table per feature space, its size notes, and whether the spaces rank alike."""
+    names = results.get("feature_extractors") or {}
+    if not names:
+        return []
+    blocks = [("h2", "FID, KID, precision and recall per feature space"), ("p", (
+        "Every number below is named by the feature space it was computed in. KID: unbiased "
+        "squared MMD with the cubic kernel (x.y / D + 1)^3, unitless, mean over random subsets "
+        "of min(1000, n) images per set, and its 95% bootstrap interval over images (0 is a "
+        "perfect match; the estimate can be slightly negative). FID: the Fréchet distance of "
+        "Gaussians fitted to the features, marked unreliable where a set has fewer images than "
+        "the space has dimensions (mostly bias then). Precision: the share of samples that lie "
+        "within the real slices' k-nearest-neighbour balls (k = 3), i.e. how many samples look "
+        "real. Recall: the share of real slices within the samples' balls, i.e. how much of the "
+        "real variety the samples cover."))]
+    for space, name in names.items():
+        header, rows = _feature_table(results, space)
+        if rows:
+            any_metrics = next(m for _, m in _scored_rows(results)
+                               if m.get(f"kid[{space}]") is not None)
+            blocks.append(("p", f"**{space}** (`{name}`, "
+                           f"{any_metrics.get(f'feature_dims[{space}]')} dimensions)"
+                           + (", the space of the claims" if space == results.get("claim_space")
+                              else "")))
+            blocks.append(("table", (header, rows)))
+    blocks.append(("p", _agreement_text(results.get("extractor_agreement"))))
+    return blocks
+
+
+def _agreement_text(agreement):
+    """Whether the feature spaces order the models alike, in one sentence."""
+    if not agreement or agreement.get("same_order") is None:
+        return "Ranking across feature spaces: fewer than two models or spaces to compare."
+    taus = ", ".join(f"{pair} {_fmt(tau, '{:.2f}')}"
+                     for pair, tau in agreement["kendall_tau"].items())
+    orders = "; ".join(f"{space}: {' < '.join(order)}"
+                       for space, order in agreement["orders"].items())
+    verdict = ("agree on" if agreement["same_order"] else "disagree on")
+    return (f"Ranking by KID (best first): the feature spaces **{verdict}** the order of the "
+            f"models (Kendall's tau {taus}). {orders}.")
+
+
+PROBE_LABELS = {"perfect": "Perfect (held-out real)", "memorizer": "Memorizer (training copies)",
+                "class_collapse": "Class collapse (one class)", "mode_collapse": "Mode collapse",
+                "flip": "Vertical flip", "shuffle": "4x4 patch shuffle", "blur": "Blur 1 px",
+                "noise": "Noise 0.1"}
+
+
+def _probe_blocks(results):
+    """The sanity probes: what each feature space must see, and whether it does."""
+    probes = results.get("probes")
+    if not probes:
+        return []
+    spaces = list(probes["extractors"])
+    rows = []
+    for probe, by_space in probes["probes"].items():
+        cells = []
+        for space in spaces:
+            row = by_space.get(space) or {}
+            effect = "" if row.get("effect") is None else f" {row['effect']:.3g}"
+            cells.append(f"{row.get('verdict', 'N/A')}{effect}")
+        rows.append([PROBE_LABELS.get(probe, probe), probes["criteria"][probe], *cells])
+    passed = "; ".join(f"{space} {done} of {judged}"
+                       for space, (done, judged) in probes["passed"].items())
+    return [("h2", "Sanity probes: does each feature space rank a perfect generator first?"),
+            ("p", (
+                f"Held-out real slices are split in two: {probes['n_reference']} are the "
+                f"reference, {probes['n_source']} are the perfect generator and, transformed, "
+                "the broken ones. Each cell: the verdict (95% bootstrap, PASS = the space sees "
+                "what it must) and the effect (KID above the perfect set's; for the memorizer, "
+                "nearest-training similarity above the perfect set's; for class collapse, the "
+                "extra share of samples nearest to that class). A space 'ranks models "
+                f"correctly' only as far as it passes these: {passed}.")),
+            ("table", (["Probe", "A sound space shows", *spaces], rows))]
 
 
 def _memorization_baseline(results):
@@ -114,15 +212,9 @@ def _class_table(results):
     return ["Samples", *CLASS_NAMES, "Overall", "TSTR accuracy"], rows
 
 
-def _figures(results, samples, real, figures_dir):
-    """Draws every figure; returns a list of `(path, caption)`."""
-    from lungkit import viz
-
-    figures_dir.mkdir(parents=True, exist_ok=True)
+def _real_figure(viz, real, figures_dir):
+    """Fig. 1: real slices per class (the paper's Figure 1)."""
     real_x, real_y = real
-    made = []
-
-    # Fig. 1: real slices per class (the paper's Figure 1)
     rows = {}
     for label, name in enumerate(CLASS_NAMES):
         picked = real_x[np.asarray(real_y) == label][:6]
@@ -130,45 +222,61 @@ def _figures(results, samples, real, figures_dir):
             rows[name] = picked
     path = figures_dir / "fig1_real_per_class.png"
     viz.comparison_figure(rows, path, ncols=6)
-    made.append((path, "Figure 1. Real training slices, one row per class."))
+    return [(path, "Figure 1. Real training slices, one row per class.")]
 
-    if "vae" in samples:
-        path = figures_dir / "fig2_vae_samples.png"
-        vae_samples = samples["vae"][:SAMPLES_PER_FIGURE]
-        half = (len(vae_samples) + 1) // 2  # two rows, drawn large enough to judge blur
-        viz.comparison_figure({"VAE": vae_samples[:half], " ": vae_samples[half:]}
-                              if len(vae_samples) > 1 else {"VAE": vae_samples},
-                              path, ncols=half)
-        made.append((path, "Figure 2. VAE samples (z ~ N(0, I), decoded)."))
 
-    diffusion_rows = {}
+def _vae_figure(viz, samples, figures_dir):
+    """Fig. 2: VAE samples in two rows, drawn large enough to judge blur."""
+    if "vae" not in samples:
+        return []
+    path = figures_dir / "fig2_vae_samples.png"
+    vae_samples = samples["vae"][:SAMPLES_PER_FIGURE]
+    half = (len(vae_samples) + 1) // 2
+    viz.comparison_figure({"VAE": vae_samples[:half], " ": vae_samples[half:]}
+                          if len(vae_samples) > 1 else {"VAE": vae_samples},
+                          path, ncols=half)
+    return [(path, "Figure 2. VAE samples (z ~ N(0, I), decoded).")]
+
+
+def _diffusion_figure(viz, results, samples, figures_dir):
+    """Fig. 3: one row per diffusion-family model and sampler."""
+    rows = {}
     for variant, images in samples.items():
         if variant == "vae":
             continue
         label = next(e["variants"][variant]["label"] for e in results["models"].values()
                      if variant in e["variants"])
-        diffusion_rows[label] = images[:8]
-    if diffusion_rows:
-        path = figures_dir / "fig3_diffusion_samples.png"
-        viz.comparison_figure(diffusion_rows, path, ncols=8)
-        made.append((path, "Figure 3. Samples of the diffusion-family models, one row per "
-                           "model and sampler."))
+        rows[label] = images[:8]
+    if not rows:
+        return []
+    path = figures_dir / "fig3_diffusion_samples.png"
+    viz.comparison_figure(rows, path, ncols=8)
+    return [(path, "Figure 3. Samples of the diffusion-family models, one row per model and "
+                   "sampler.")]
 
+
+def _curve_figures(viz, results, figures_dir):
+    """Figs. 4-7: each model's training losses per epoch."""
+    made = []
     for number, (model, title) in enumerate(
         (("vae", "VAE training losses"), ("denoiser", "Denoiser training loss (MSE)"),
          ("diffusion", "DDPM training loss"), ("latent", "Latent diffusion training loss")),
         start=4,
     ):
         entry = results["models"].get(model)
-        if not entry:
-            continue
-        history = {k: v for k, v in entry["history"].items() if k.endswith("loss")}
+        history = {k: v for k, v in (entry or {}).get("history", {}).items()
+                   if k.endswith("loss")}
         if history:
             path = figures_dir / f"fig{number}_{model}_curves.png"
             viz.plot_history(history, path=path, title=title)
             made.append((path, f"Figure {number}. {title} per epoch."))
+    return made
 
-    for entry in results["models"].values():  # conditional models: one row per class
+
+def _class_figures(viz, results, samples, figures_dir):
+    """Conditional models: one row of samples per requested class."""
+    made = []
+    for entry in results["models"].values():
         for name, variant in entry["variants"].items():
             if not variant.get("conditional") or name not in samples \
                     or not variant.get("evaluate", True):
@@ -181,34 +289,47 @@ def _figures(results, samples, real, figures_dir):
             viz.comparison_figure(rows, path, ncols=8, title=variant["label"])
             made.append((path, f"{variant['label']}: samples of each requested class, one row "
                                "per class."))
-
-    labels, speeds = [], []
-    for entry in results["models"].values():
-        for variant in entry["variants"].values():
-            labels.append(variant["label"])
-            speeds.append(variant["images_per_second"])
-    if labels:
-        path = figures_dir / "speed.png"
-        viz.bar_chart(labels, speeds, path, xlabel="images per second (log scale)",
-                      title="Generation speed", log=True)
-        made.append((path, "Generation speed: images per second on this machine."))
-        scored = [(v["label"], v["metrics"]) for e in results["models"].values()
-                  for v in e["variants"].values() if v.get("metrics")]
-        if scored:
-            path = figures_dir / "sharpness.png"
-            values = [m.get("sharpness_mean", np.nan) for _, m in scored]
-            names = [name for name, _ in scored]
-            if results.get("real_metrics"):
-                names.append("Real images")
-                values.append(results["real_metrics"].get("sharpness_mean", np.nan))
-            # log scale: pure-noise samples sit 10-100x above the rest, which would flatten
-            # the VAE / hybrid / real bars that the comparison is about
-            viz.bar_chart(names, values, path, xlabel="variance of the Laplacian (log scale)",
-                          title="Sharpness (higher = sharper)", log=True)
-            made.append((path, "Sharpness (variance of the Laplacian) of the samples beside "
-                               "the real images. Noise raises it too: read it beside KID/FID, "
-                               "and closest to the real value is best."))
     return made
+
+
+def _speed_and_sharpness_figures(viz, results, figures_dir):
+    """Bar charts: generation speed, and sharpness beside the real images'."""
+    variants = [v for e in results["models"].values() for v in e["variants"].values()]
+    if not variants:
+        return []
+    path = figures_dir / "speed.png"
+    viz.bar_chart([v["label"] for v in variants], [v["images_per_second"] for v in variants],
+                  path, xlabel="images per second (log scale)", title="Generation speed",
+                  log=True)
+    made = [(path, "Generation speed: images per second on this machine.")]
+    scored = [(v["label"], v["metrics"]) for v in variants if v.get("metrics")]
+    if scored:
+        path = figures_dir / "sharpness.png"
+        values = [m.get("sharpness_mean", np.nan) for _, m in scored]
+        names = [name for name, _ in scored]
+        if results.get("real_metrics"):
+            names.append("Real images")
+            values.append(results["real_metrics"].get("sharpness_mean", np.nan))
+        # log scale: pure-noise samples sit 10-100x above the rest, which would flatten
+        # the VAE / hybrid / real bars that the comparison is about
+        viz.bar_chart(names, values, path, xlabel="variance of the Laplacian (log scale)",
+                      title="Sharpness (higher = sharper)", log=True)
+        made.append((path, "Sharpness (variance of the Laplacian) of the samples beside "
+                           "the real images. Noise raises it too: read it beside KID/FID, "
+                           "and closest to the real value is best."))
+    return made
+
+
+def _figures(results, samples, real, figures_dir):
+    """Draws every figure; returns a list of `(path, caption)`."""
+    from lungkit import viz
+
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    return (_real_figure(viz, real, figures_dir) + _vae_figure(viz, samples, figures_dir)
+            + _diffusion_figure(viz, results, samples, figures_dir)
+            + _curve_figures(viz, results, figures_dir)
+            + _class_figures(viz, results, samples, figures_dir)
+            + _speed_and_sharpness_figures(viz, results, figures_dir))
 
 
 def _interval_text(claim):
@@ -257,20 +378,13 @@ def build_blocks(results, figures):
         f"{config['image_size']}x{config['image_size']} px, {config['channels']} channel(s); "
         f"{data['n_train']} for training, {data['n_test']} held out.")))
     blocks.append(("p", (
-        f"FID, KID, precision and recall use features from **{results['feature_extractor']}**, "
-        f"{config['n_generate']} generated images per model against the {data['n_test']} "
-        "held-out real images; memorization compares each sample with its nearest training "
+        f"{config['n_generate']} generated images per model are scored against the "
+        f"{data['n_test']} held-out real slices; the reference row scores as many real training "
+        "slices the same way. Memorization compares each sample with its nearest training "
         "image. The split is by file: IQ-OTH/NCCD files carry no patient id, so slices of one "
-        "patient can fall on both sides, which flatters FID and memorization figures. "
-        "With so few images FID is strongly biased upwards; KID is the less biased of the two.")))
-    if str(results["feature_extractor"]).startswith("domain_encoder"):
-        blocks.append(("p", (
-            "InceptionV3 ImageNet weights were not found on this machine, so the features come "
-            "from lungkit's domain encoder: a denoising autoencoder trained on the real training "
-            "split, whose multi-scale activation statistics describe anatomy, noise and blur. "
-            "It was trained on the generators' own training split and responds mostly to blur "
-            "and noise, so its FID/KID largely restate sharpness; they are not comparable with "
-            "Inception-based figures in the literature.")))
+        "patient can fall on both sides, which flatters FID and memorization figures. The "
+        f"domain encoder is trained on its own {data.get('n_encoder', 0)} slices, which no "
+        "generator and no metric sees.")))
     if results.get("claims"):
         blocks.append(("h2", "The paper's claims, checked"))
         blocks.append(("p", (
@@ -285,6 +399,8 @@ def build_blocks(results, figures):
                                   for c in results["claims"]])))
     blocks.append(("h2", "Results"))
     blocks.append(("table", _results_table(results)))
+    blocks += _feature_blocks(results)
+    blocks += _probe_blocks(results)
     baseline = _memorization_baseline(results)
     if baseline is not None:
         blocks.append(("p", (
@@ -395,7 +511,7 @@ def write_report(results, samples, real, out_dir):
     out_dir = Path(out_dir)
     figures = _figures(results, samples, real, out_dir / "figures")
     blocks = build_blocks(results, figures)
-    (out_dir / "report.md").write_text(render_markdown(blocks, out_dir))
-    (out_dir / "report.html").write_text(render_html(blocks))
+    write_text(out_dir / "report.md", render_markdown(blocks, out_dir))  # atomic: lungkit.files
+    write_text(out_dir / "report.html", render_html(blocks))
     logger.info("Wrote %s and %s", out_dir / "report.md", out_dir / "report.html")
     return out_dir / "report.html"

@@ -35,3 +35,14 @@ def test_texture_separates_smooth_from_noisy_images():
     features = TextureFeatures(16)(np.concatenate([smooth, noisy]))
     contrast_index = 7  # first GLCM statistic at offset (0, 1)
     assert features[1, contrast_index] > 10 * features[0, contrast_index]
+
+
+def test_untrained_spaces_are_standardized_by_the_encoder_split(images):
+    extractors = build_extractors(images, None, size=16, channels=1, seed=3)
+    assert "domain_encoder" not in extractors  # no labels, no encoder to train
+    cnn = extractors["random_cnn"]
+    assert cnn.name.startswith("random_cnn_s3_z") and cnn.name != build_extractors(
+        images[:4], None, size=16, channels=1, seed=3)["random_cnn"].name  # scales' hash
+    features = cnn(images)
+    np.testing.assert_allclose(features.mean(axis=0), 0.0, atol=1e-4)  # centred on the split
+    assert features.std(axis=0).max() <= 1.0 + 1e-4  # variance floored, never blown up

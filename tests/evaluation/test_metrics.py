@@ -200,16 +200,79 @@ def test_evaluate_returns_documented_keys(tmp_path):
     generated, generated_labels = class_images(4, seed=3)
     result = M.evaluate(generated, real, train=train, features=ThumbnailFeatures(),
                         cache_dir=tmp_path, kid_subsets=10)
-    assert tuple(result) == M.EVALUATE_KEYS
+    named = tuple(M.feature_key(metric, "thumbnails") for metric in M.FEATURE_METRICS)
+    assert tuple(result) == M.EVALUATE_KEYS + named
     assert result["n_generated"] == 12 and result["n_real"] == 15 and result["n_train"] == 15
-    assert result["feature_extractor"] == "thumbnails"
-    for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "sharpness_mean",
-                "ms_ssim_diversity", "memorization_share", "nearest_similarity_mean"):
+    assert result["feature_extractors"] == {"thumbnails": "thumbnails"}
+    for key in ("fid[thumbnails]", "kid[thumbnails]", "precision[thumbnails]",
+                "recall[thumbnails]", "sharpness_mean", "ms_ssim_diversity",
+                "memorization_share", "nearest_similarity_mean"):
         assert isinstance(result[key], float), key
+    # 12 and 15 images in 64 dimensions: FID's covariances are singular
+    assert result["fid_reliable[thumbnails]"] is False and result["feature_dims[thumbnails]"] == 64
+    assert result["kid_subset_size[thumbnails]"] == 12
     assert result["psnr"] is None and result["class_fidelity"] is None
 
     copies = M.evaluate(train[:8], real[:8], train=train, paired=True,
                         generated_labels=real_labels[:8], classifier=lambda b: real_labels[:8])
-    assert copies["memorization_share"] == 1.0 and copies["fid"] is None
+    assert copies["memorization_share"] == 1.0 and not any("[" in key for key in copies)
     assert copies["class_fidelity"] == 1.0 and np.isfinite(copies["psnr"])
-    assert -1 < copies["ssim"] < 0.9 and copies["feature_extractor"] is None  # unrelated pairs
+    assert -1 < copies["ssim"] < 0.9 and copies["feature_extractors"] == {}  # unrelated pairs
+
+
+def test_precision_and_recall_known_values_and_their_meaning():
+    # 1-d points 0..9 (real) and 0..4 (fake), k = 1: every ball has radius 1. All fake points
+    # lie in real balls (precision 1); real points 0..5 lie in fake balls (recall 6/10)
+    real, fake = np.arange(10.0)[:, None], np.arange(5.0)[:, None]
+    assert D.precision_recall(real, fake, k=1) == (1.0, 0.6)
+    assert D.precision_recall(fake, real, k=1) == (0.6, 1.0)  # roles swapped: values swap
+
+
+def test_memorization_similarity_is_the_centred_correlation():
+    yy, xx = np.mgrid[:32, :32]
+    stripes = np.sin(2 * np.pi * yy / 8)  # zero mean, orthogonal to the other pattern
+    other = np.sin(2 * np.pi * xx / 8)
+    train = (0.5 + 0.2 * np.stack([stripes, other]))[..., None].astype("float32")
+    for angle, share in ((0.2, 1.0), (0.5, 0.0)):  # cos 0.2 = 0.980, cos 0.5 = 0.878
+        mixed = np.cos(angle) * stripes + np.sin(angle) * other
+        generated = (0.45 + 0.2 * mixed)[None, ..., None].astype("float32")  # darker copy
+        found = M.memorization(generated, train, threshold=0.95)
+        assert found["similarity"][0] == pytest.approx(np.cos(angle), abs=1e-4)
+        assert found["nearest_index"][0] == 0 and found["share"] == share
+    # centring: brightness and contrast changes of a training slice are still exact copies
+    assert M.memorization(0.1 + 0.5 * train[1:], train)["similarity"][0] == pytest.approx(1.0)
+
+
+def test_ms_ssim_of_two_flat_images_is_the_luminance_term():
+    # flat images: contrast-structure is 1 at every scale, so MS-SSIM = l ** w_last with
+    # l = (2 a b + C1) / (a^2 + b^2 + C1), C1 = (0.01 * max_val)^2 (Wang et al., 2003)
+    a, b = 0.3, 0.5
+    pair = np.stack([np.full((32, 32, 1), a), np.full((32, 32, 1), b)]).astype("float32")
+    weights, _ = M.msssim_settings(32)
+    luminance = (2 * a * b + 1e-4) / (a**2 + b**2 + 1e-4)
+    assert M.ms_ssim_diversity(pair) == pytest.approx(luminance ** weights[-1], rel=1e-4)
+
+
+def test_evaluate_keys_mean_what_they_say(tmp_path):
+    real, _ = class_images(8, seed=1)  # 24 diverse slices
+    one = real[:1] + np.random.default_rng(0).normal(0, 0.01, (24, *real.shape[1:]))
+    collapsed = np.clip(one, 0, 1).astype("float32")  # one slice, faint noise: looks real
+    result = M.evaluate(collapsed, real, train=real[:12], features=ThumbnailFeatures(),
+                        kid_subsets=5, diversity_pairs=20)
+    # precision: the samples look real; recall: they cover almost none of the real variety
+    assert result["precision[thumbnails]"] == 1.0 and result["recall[thumbnails]"] < 0.2
+    # memorization: the samples copy training slice 0; held-out-like real slices do not all
+    assert result["memorization_share"] == 1.0
+    assert result["memorization_share_real"] == 0.5  # real[:12] are the training slices
+    # KID: subsets of all 24 images; its interval is a bootstrap over images, not the spread
+    # of identical subsets (that spread is exactly 0 for equal set sizes)
+    assert result["kid_subset_size[thumbnails]"] == 24
+    assert D.kid(collapsed.reshape(24, -1), real.reshape(24, -1), subsets=5)[1] < 1e-12
+    low, high = result["kid_interval[thumbnails]"]
+    assert 0 < low < result["kid[thumbnails]"] < high
+    # FID is flagged: 24 images in 64 dimensions; enough images make it reliable
+    assert result["fid_reliable[thumbnails]"] is False
+    many, _ = class_images(22, seed=2)
+    enough = M.evaluate(many, many[::-1].copy(), features=ThumbnailFeatures(), kid_subsets=2,
+                        diversity_pairs=2, kid_rounds=20)
+    assert enough["fid_reliable[thumbnails]"] is True and enough["n_real"] == 66

@@ -68,3 +68,30 @@ def test_bootstrap_refuses_bad_arguments():
         statistics.bootstrap(lambda i: 0.0, (5,), level=1.0)
     with pytest.raises(ValueError, match="not finite"):
         statistics.bootstrap(lambda i: np.nan, (5,))
+
+
+def test_kid_interval_is_the_full_set_kid_with_a_real_error_bar():
+    from lungkit.evaluation import distances
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.3, 1, (40, 8)), rng.normal(0, 1, (40, 8))
+    interval = statistics.kid_interval(a, b, rounds=200)
+    # equal sizes: every subset of KID is the whole set, so its spread is 0; the estimate is
+    # that one value and the interval a bootstrap over images
+    mean, spread = distances.kid(a, b, subsets=3, subset_size=40)
+    assert interval.estimate == pytest.approx(mean, rel=1e-10) and spread < 1e-12
+    assert interval.low < interval.estimate < interval.high
+    same = statistics.kid_interval(rng.normal(0, 1, (40, 8)), b, rounds=200)
+    assert same.low < 0 < same.high  # one distribution: 0 inside
+    assert statistics.kid_interval(rng.normal(2, 1, (40, 8)), b, rounds=200).low > 0
+
+
+def test_rank_agreement_names_the_order_in_each_space():
+    agreeing = statistics.rank_agreement({"a": {"vae": 3.0, "ddim": 1.0, "latent": 2.0},
+                                          "b": {"vae": 30.0, "ddim": 10.0, "latent": 20.0}})
+    assert agreeing["orders"]["a"] == ["ddim", "latent", "vae"] and agreeing["same_order"]
+    assert agreeing["kendall_tau"] == {"a vs b": 1.0}
+    swapped = statistics.rank_agreement({"a": {"vae": 3.0, "ddim": 1.0, "latent": 2.0},
+                                         "b": {"vae": 30.0, "ddim": 20.0, "latent": 10.0}})
+    assert swapped["same_order"] is False and swapped["kendall_tau"]["a vs b"] < 1.0
+    assert statistics.rank_agreement({"a": {"vae": 1.0}})["same_order"] is None

@@ -10,33 +10,21 @@ import numpy as np
 import pytest
 
 from lungkit import experiment, load_model
-
-TINY = dict(
-    # 2 of 6 slices per class held out: precision/recall need more than k = 3 real images
-    image_size=32, channels=1, phantom_per_class=6, test_fraction=0.34, n_generate=8,
-    features="domain", classifier_steps=20, tstr_steps=10,
-    **{"vae.epochs": 2, "vae.batch_size": 8, "vae.latent_dim": 8, "vae.widths": (8, 16),
-       "denoiser.epochs": 2, "denoiser.batch_size": 8, "denoiser.widths": (8, 16),
-       "diffusion.epochs": 2, "diffusion.batch_size": 8, "diffusion.widths": (8, 16),
-       "diffusion.timesteps": 100, "diffusion.sampling_steps": 5,
-       "diffusion.ddpm_timing_images": 2},
-)
+from lungkit.experiment.compare import feature_spaces
 
 
 @pytest.fixture(scope="module")
-def tiny_features(tmp_path_factory):
-    """The tiny runs' domain encoder, trained once for this module.
+def tiny_features(tmp_path_factory, tiny):
+    """The tiny runs' feature spaces, the domain encoder trained once for this module.
 
-    Its file name hashes the training split and the encoder's settings, which every TINY
+    Its file name hashes the encoder split and the encoder's settings, which every tiny
     config shares, so `compare` loads it from `<run>/features` instead of training its own.
     """
-    from lungkit.evaluation.features import get_feature_extractor
-
     root = tmp_path_factory.mktemp("tiny_features")
-    train_x, train_y, *_ = experiment.load_split(experiment.get_config("quick", **TINY), root)
-    encoder = get_feature_extractor("domain", train_images=train_x, train_labels=train_y,
-                                    cache_dir=root / "features")
-    return root / "features", encoder.name
+    config = experiment.get_config("quick", **tiny)
+    spaces = feature_spaces(config, experiment.load_split(config, root),
+                                           root / "features")
+    return root / "features", {space: e.name for space, e in spaces.items()}
 
 
 def _run_folder(tmp_path, tiny_features):
@@ -57,11 +45,15 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert not np.array_equal(test, experiment.split_indices(labels, 0.2, seed=4)[1])
 
 
-def test_compare_writes_every_artefact(tmp_path, tiny_features):
-    config = experiment.get_config("quick", name="tiny", **TINY)
+def test_compare_writes_every_artefact(tmp_path, tiny_features, tiny):
+    config = experiment.get_config("quick", name="tiny", **tiny)
     run = _run_folder(tmp_path, tiny_features)
     results = experiment.compare(config, run, progress=False)
-    assert results["feature_extractor"] == tiny_features[1]  # found in the feature cache
+    assert results["feature_extractors"] == tiny_features[1]  # encoder found in the cache
+    assert set(tiny_features[1]) == {"random_cnn", "texture", "domain_encoder"}
+    assert results["feature_extractor"] == tiny_features[1]["random_cnn"]  # the claims' space
+    data = results["data"]
+    assert (data["n_train"], data["n_test"], data["n_encoder"]) == (9, 6, 3)  # disjoint splits
     for name in ("report.md", "report.html", "metrics.json"):
         assert (run / name).stat().st_size > 0, name
     figures = {p.name for p in (run / "figures").glob("*.png")}
@@ -76,8 +68,17 @@ def test_compare_writes_every_artefact(tmp_path, tiny_features):
         for name, variant in entry["variants"].items():
             assert variant["images_per_second"] > 0, name
     vae = saved["models"]["vae"]["variants"]["vae"]["metrics"]
-    for key in ("sharpness_mean", "fid", "kid_mean", "precision", "recall", "memorization_share"):
+    for key in ("sharpness_mean", "memorization_share", *(
+            f"{metric}[{space}]" for metric in ("fid", "kid", "precision", "recall")
+            for space in ("random_cnn", "texture", "domain_encoder"))):
         assert np.isfinite(vae[key]), key
+    low, high = vae["kid_interval[random_cnn]"]
+    assert low < high and vae["kid_subset_size[random_cnn]"] == 6  # min(8 samples, 6 real)
+    assert vae["fid_reliable[random_cnn]"] is False  # 6 real images in 224 dimensions
+    assert saved["real_metrics"]["n_generated"] == 8  # the reference row at the models' n
+    agreement = saved["extractor_agreement"]
+    assert set(agreement["orders"]) == {"random_cnn", "texture", "domain_encoder"}
+    assert agreement["same_order"] in (True, False)
     assert saved["claims"] and {c["verdict"] for c in saved["claims"]} <= {
         "PASS", "FAIL", "INCONCLUSIVE", "N/A"}
     ddim = saved["models"]["diffusion"]["variants"]["ddim"]
@@ -90,16 +91,27 @@ def test_compare_writes_every_artefact(tmp_path, tiny_features):
     assert html.count("data:image/png;base64,") == len(figures)  # self-contained
     report_md = (run / "report.md").read_text()
     assert "claims" in report_md
+    for space in ("random_cnn", "texture", "domain_encoder"):
+        assert f"**{space}** (`{tiny_features[1][space]}`" in report_md
+    assert "Ranking by KID (best first): the feature spaces" in report_md
+    assert "(unreliable)" in report_md
+    probes = saved["probes"]  # 3 reference and 3 source slices: one per class each
+    assert (probes["n_reference"], probes["n_source"]) == (3, 3)
+    assert probes["probes"]["class_collapse"]["random_cnn"]["verdict"] == "N/A"  # 1 slice
+    for space in ("random_cnn", "texture", "domain_encoder"):
+        assert probes["probes"]["blur"][space]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+    assert "Sanity probes: does each feature space rank a perfect generator first?" in report_md
+    assert "| 4x4 patch shuffle | KID above the perfect set's |" in report_md
     share = vae["memorization_share_real"]
     assert f"Held-out real slices score {share:.0%} against the same training" in report_md
     diffusion = load_model(run / "diffusion" / "diffusion.keras")
     assert diffusion.prediction == config.diffusion.prediction == "v"
 
 
-def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_features):
+def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_features, tiny):
     config = experiment.get_config(
         "quick", name="tiny_conditional", conditional=True, models=("vae", "diffusion"),
-        classifier_members=2, **{**TINY, "n_generate": 9, "diffusion.dpm_steps": 4})
+        classifier_members=2, **{**tiny, "n_generate": 9, "diffusion.dpm_steps": 4})
     run = _run_folder(tmp_path, tiny_features)
     experiment.compare(config, run, progress=False)
     saved = json.loads((run / "metrics.json").read_text())
@@ -131,12 +143,12 @@ def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_featu
 
 
 def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, caplog,
-                                                                     tiny_features):
+                                                                     tiny_features, tiny):
     """A second compare into the same folder loads what finished, continues what asks for
     more epochs, and trains a changed model again (its old run moved aside)."""
     config = experiment.get_config("quick", name="tiny_reuse",
                                    models=("vae", "denoiser", "latent"), **{
-                                       **TINY, "latent.autoencoder_epochs": 1,
+                                       **tiny, "latent.autoencoder_epochs": 1,
                                        "latent.diffusion_epochs": 2, "latent.batch_size": 8,
                                        "latent.timesteps": 100, "latent.sampling_steps": 3})
     run = _run_folder(tmp_path, tiny_features)
