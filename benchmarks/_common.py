@@ -73,14 +73,22 @@ def make_bare_step(model, optimizer, jit_compile=False):
 
 
 def bare_epoch(step, dataset):
-    """Runs `step` over `dataset` once; returns `(wall seconds, process CPU seconds)`."""
+    """Runs `step` over `dataset` once; returns `(wall seconds, process CPU seconds)`.
+
+    The window matches `EpochTimer`'s inside `fit`: it ends when the last step's loss is
+    read, before the iterator is torn down (an autotuned tf.data iterator can block in its
+    destructor until the autotuner wakes up, which `fit` never counts in an epoch).
+    """
     start, cpu_start = time.perf_counter(), time.process_time()
+    iterator = iter(dataset)  # created inside the window, as fit creates its own
     loss = None
-    for batch in dataset:
+    for batch in iterator:
         loss = step(batch)
     if loss is not None:
         float(loss)  # wait for the last step, as fit does when it reads its logs
-    return time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    del iterator  # teardown outside the window
+    return seconds, cpu_seconds
 
 
 class Side:

@@ -36,7 +36,7 @@ from lungkit.models.schedule import (
     x0_from_eps,
     x0_from_velocity,
 )
-from lungkit.models.unet import build_unet
+from lungkit.models.unet import BLOCKS, DEFAULT_BLOCK, LEGACY_BLOCK, build_unet
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class DiffusionModel(GenerativeModel):
         timesteps: T, the number of diffusion steps.
         schedule: a key of `lungkit.models.schedule.SCHEDULES` ("cosine" or "linear").
         prediction: what the network predicts: "epsilon" (Ho et al.) or "v" (Salimans & Ho).
-        widths, blocks_per_level, attention_levels: the U-Net (`build_unet`).
+        widths, blocks_per_level, attention_levels, block: the U-Net (`build_unet`);
+            `block` "fast" (default) or "classic" (configs saved without it).
         ema_decay: decay of the exponential moving average of the weights, in [0, 1).
         ema_warmup: use min(ema_decay, (1 + t) / (10 + t)) at update t (diffusers' EMAModel),
             so a short run's EMA is not mostly the initial weights (`models.recipe`).
@@ -74,9 +75,10 @@ class DiffusionModel(GenerativeModel):
                  prediction="v", widths=(32, 64, 96, 128), blocks_per_level=2,
                  attention_levels=(), ema_decay=0.999, num_classes=None, class_dropout=0.1,
                  seed=None, ema_warmup=True, loss_weighting="none", min_snr_gamma=5.0,
-                 **kwargs):
+                 block=DEFAULT_BLOCK, **kwargs):
         check_choice("prediction", prediction, PREDICTIONS)
         check_choice("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
+        check_choice("block", block, BLOCKS)
         min_snr_gamma = check_number("min_snr_gamma", min_snr_gamma, 0.0, None, low_open=True)
         ema_decay = check_number("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
         class_dropout = check_number("class_dropout", class_dropout, 0.0, 1.0, high_open=True)
@@ -87,7 +89,7 @@ class DiffusionModel(GenerativeModel):
         self.image_size, self.channels, self.prediction = image_size, channels, prediction
         self.timesteps, self.schedule_name = int(timesteps), schedule
         self.widths, self.blocks_per_level = tuple(widths), blocks_per_level
-        self.attention_levels = tuple(attention_levels)
+        self.attention_levels, self.block = tuple(attention_levels), block
         self.ema_decay, self.num_classes, self.class_dropout = ema_decay, num_classes, class_dropout
         self.seed, self.ema_warmup = seed, bool(ema_warmup)
         self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
@@ -95,7 +97,7 @@ class DiffusionModel(GenerativeModel):
         unet_args = dict(image_size=image_size, channels=channels, widths=self.widths,
                          blocks_per_level=blocks_per_level,
                          attention_levels=self.attention_levels, time_embedding=True,
-                         num_classes=num_classes)
+                         num_classes=num_classes, block=block)
         self.network = build_unet(**unet_args, name="network")
         self.ema_network = build_unet(**unet_args, name="ema_network")
         self.ema_network.set_weights(self.network.get_weights())
@@ -117,12 +119,14 @@ class DiffusionModel(GenerativeModel):
                 "attention_levels": self.attention_levels, "ema_decay": self.ema_decay,
                 "num_classes": self.num_classes, "class_dropout": self.class_dropout,
                 "seed": self.seed, "ema_warmup": self.ema_warmup,
-                "loss_weighting": self.loss_weighting, "min_snr_gamma": self.min_snr_gamma}
+                "loss_weighting": self.loss_weighting, "min_snr_gamma": self.min_snr_gamma,
+                "block": self.block}
 
     @classmethod
     def from_config(cls, config):
-        """Old configs (before the recipe options) load as they were trained: no EMA warm-up."""
-        return cls(**{"ema_warmup": False, "loss_weighting": "none", **config})
+        """Old configs load as they were trained: no EMA warm-up, the classic U-Net block."""
+        return cls(**{"ema_warmup": False, "loss_weighting": "none", "block": LEGACY_BLOCK,
+                      **config})
 
     # -- training -----------------------------------------------------------------------
     def call(self, inputs, training=False):

@@ -7,8 +7,16 @@ registered layers, so a saved model reloads with `safe_mode=True`:
 - `SinusoidalEmbedding`: diffusion time `t` in [0, 1] -> sin/cos features, as in the keras-io
   DDIM example (`examples/generative/ddim.py`, `sinusoidal_embedding`) and the Transformer
   position encoding (Vaswani et al., 2017).
-- `ResidualBlock`: GroupNorm -> swish -> conv, twice, with the time/class embedding projected
-  and added in between and a 1x1 shortcut when the width changes (Ho et al., 2020, DDPM).
+- `ResidualBlock`, in one of two `BLOCKS`:
+  "fast" (the default of `build_unet`): one affine-free GroupNorm -> conv -> swish, the
+  time/class embedding projected and added, conv; the shape of the keras-io DDIM block
+  (one normalisation, `center=False, scale=False` since the next convolution makes the
+  affine part redundant) with the DDPM embedding kept, and no running statistics, so
+  outputs do not depend on the batch or on replicas.
+  "classic": GroupNorm -> swish -> conv, twice, with the embedding added in between
+  (Ho et al., 2020, DDPM). On CPU the normalisations are the largest cost after the
+  convolutions, and "fast" has half as many; `benchmarks/unet_speed.py` measures both.
+  Both add a 1x1 shortcut when the width changes.
 - `AttentionBlock`: GroupNorm + multi-head self-attention over the `H * W` positions, with a
   residual connection (DDPM uses it at 16x16).
 
@@ -23,7 +31,7 @@ import math
 import keras
 from keras import ops
 
-from lungkit.checks import check_int
+from lungkit.checks import check_choice, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +40,11 @@ EMBEDDING_MIN_FREQUENCY = 1.0
 EMBEDDING_MAX_FREQUENCY = 1000.0
 # DDPM / improved-diffusion: the embedding MLP is 4x wider than the sinusoidal features.
 EMBEDDING_MLP_FACTOR = 4
+# The residual block variants (see the module docstring); configs saved before the choice
+# existed have no "block" and rebuild "classic", the only block of that time.
+BLOCKS = ("fast", "classic")
+DEFAULT_BLOCK = "fast"
+LEGACY_BLOCK = "classic"
 
 
 @keras.saving.register_keras_serializable(package="lungkit")
@@ -76,11 +89,14 @@ class SinusoidalEmbedding(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="lungkit")
 class ResidualBlock(keras.layers.Layer):
-    """Pre-activation residual block with an optional additive embedding.
+    """Residual block with an optional additive embedding, "fast" or "classic" (`BLOCKS`).
 
     Args:
         width: output channels.
         groups: number of groups for `GroupNormalization`; must divide the input and `width`.
+        variant: "classic" (GroupNorm -> swish -> conv, twice) or "fast" (one affine-free
+            GroupNorm -> conv -> swish -> conv). The layer's default is "classic", so a layer
+            config saved before the argument existed rebuilds the block it was trained as.
 
     Call:
         inputs: `x` of shape `(batch, H, W, C)`, or `[x, embedding]` with `embedding` of shape
@@ -91,13 +107,17 @@ class ResidualBlock(keras.layers.Layer):
         `(batch, H, W, width)`.
     """
 
-    def __init__(self, width, groups=8, **kwargs):
+    def __init__(self, width, groups=8, variant=LEGACY_BLOCK, **kwargs):
         super().__init__(**kwargs)
-        self.width, self.groups = width, groups
+        check_choice("variant", variant, BLOCKS)
+        self.width, self.groups, self.variant = width, groups, variant
         policy = self.dtype_policy
-        self.norm1 = keras.layers.GroupNormalization(groups, dtype=policy, name="norm1")
+        fast = variant == "fast"
+        self.norm1 = keras.layers.GroupNormalization(groups, center=not fast, scale=not fast,
+                                                     dtype=policy, name="norm1")
         self.conv1 = keras.layers.Conv2D(width, 3, padding="same", dtype=policy, name="conv1")
-        self.norm2 = keras.layers.GroupNormalization(groups, dtype=policy, name="norm2")
+        self.norm2 = None if fast else keras.layers.GroupNormalization(groups, dtype=policy,
+                                                                       name="norm2")
         self.conv2 = keras.layers.Conv2D(width, 3, padding="same", dtype=policy, name="conv2")
         self.embedding_projection = keras.layers.Dense(width, dtype=policy, name="embedding")
         self.shortcut = keras.layers.Conv2D(width, 1, dtype=policy, name="shortcut")
@@ -116,7 +136,8 @@ class ResidualBlock(keras.layers.Layer):
         self.norm1.build(x_shape)
         self.conv1.build(x_shape)
         out_shape = (*x_shape[:-1], self.width)
-        self.norm2.build(out_shape)
+        if self.norm2 is not None:
+            self.norm2.build(out_shape)
         self.conv2.build(out_shape)
         self.has_embedding = embedding_shape is not None
         if self.has_embedding:
@@ -126,13 +147,20 @@ class ResidualBlock(keras.layers.Layer):
             self.shortcut.build(x_shape)
         self.built = True
 
+    def _add_embedding(self, h, embedding):
+        if embedding is None:
+            return h
+        projected = self.embedding_projection(keras.activations.swish(embedding))
+        return h + ops.expand_dims(ops.expand_dims(projected, 1), 1)
+
     def call(self, inputs, training=False):
         x, embedding = self._split(inputs)
-        h = self.conv1(keras.activations.swish(self.norm1(x)))
-        if embedding is not None:
-            projected = self.embedding_projection(keras.activations.swish(embedding))
-            h = h + ops.expand_dims(ops.expand_dims(projected, 1), 1)
-        h = self.conv2(keras.activations.swish(self.norm2(h)))
+        if self.variant == "fast":
+            h = keras.activations.swish(self.conv1(self.norm1(x)))
+            h = self.conv2(self._add_embedding(h, embedding))
+        else:
+            h = self._add_embedding(self.conv1(keras.activations.swish(self.norm1(x))), embedding)
+            h = self.conv2(keras.activations.swish(self.norm2(h)))
         shortcut = self.shortcut(x) if self.has_shortcut else x
         return shortcut + h
 
@@ -141,7 +169,8 @@ class ResidualBlock(keras.layers.Layer):
         return (*x_shape[:-1], self.width)
 
     def get_config(self):
-        return {**super().get_config(), "width": self.width, "groups": self.groups}
+        return {**super().get_config(), "width": self.width, "groups": self.groups,
+                "variant": self.variant}
 
 
 @keras.saving.register_keras_serializable(package="lungkit")
@@ -223,7 +252,7 @@ def _validate(image_size, channels, widths, blocks_per_level, attention_levels,
 
 def build_unet(image_size, channels, widths=(32, 64, 96, 128), blocks_per_level=2,
                attention_levels=(), time_embedding=False, embedding_dims=32, num_classes=None,
-               out_channels=None, groups=8, name="unet"):
+               out_channels=None, groups=8, block=DEFAULT_BLOCK, name="unet"):
     """Builds a U-Net, optionally conditioned on diffusion time and class label.
 
     Args:
@@ -239,6 +268,8 @@ def build_unet(image_size, channels, widths=(32, 64, 96, 128), blocks_per_level=
             `num_classes` is the "null" class used for classifier-free guidance.
         out_channels: output channels; default `channels`.
         groups: groups of every `GroupNormalization`; must divide every width.
+        block: the `ResidualBlock` variant, one of `BLOCKS`: "fast" (default, one
+            normalisation per block) or "classic" (two, the DDPM block).
         name: model name.
 
     Returns:
@@ -250,9 +281,36 @@ def build_unet(image_size, channels, widths=(32, 64, 96, 128), blocks_per_level=
     widths, attention_levels = tuple(widths), tuple(attention_levels)
     _validate(image_size, channels, widths, blocks_per_level, attention_levels,
               embedding_dims, num_classes, out_channels, groups)
-    out_channels = out_channels or channels
-
+    check_choice("block", block, BLOCKS)
     images = keras.Input((image_size, image_size, channels), name="images")
+    inputs, embedding = _conditioning(images, time_embedding, embedding_dims, num_classes)
+
+    def residual(x, width, block_name):
+        layer = ResidualBlock(width, groups, variant=block, name=block_name)
+        return layer([x, embedding]) if embedding is not None else layer(x)
+
+    def attention(x, level, block_name):
+        return AttentionBlock(groups=groups, name=block_name)(x) if level in attention_levels else x
+
+    x = keras.layers.Conv2D(widths[0], 3, padding="same", name="stem")(images)
+    x, skips = _encoder(x, widths, blocks_per_level, residual, attention)
+    x = residual(x, widths[-1], "middle_res0")
+    x = attention(x, len(widths) - 1, "middle_attn")
+    x = residual(x, widths[-1], "middle_res1")
+    x = _decoder(x, skips, widths, blocks_per_level, residual, attention)
+    outputs = _head(x, out_channels or channels, groups)
+    model = keras.Model(inputs if len(inputs) > 1 else images, outputs, name=name)
+    logger.info("Built %s: %d px, widths %s, %s block, %s parameters", name, image_size, widths,
+                block, f"{model.count_params():,}")
+    return model
+
+
+def _conditioning(images, time_embedding, embedding_dims, num_classes):
+    """The model inputs and the summed time/class embedding `(batch, 4 * embedding_dims)`.
+
+    Returns `(inputs, embedding)`: `inputs` is `[images, times?, labels?]`, `embedding` None
+    for an unconditional network.
+    """
     inputs, embeddings = [images], []
     embedding_width = embedding_dims * EMBEDDING_MLP_FACTOR
     if time_embedding:
@@ -268,49 +326,44 @@ def build_unet(image_size, channels, widths=(32, 64, 96, 128), blocks_per_level=
         embeddings.append(keras.layers.Embedding(num_classes + 1, embedding_width,
                                                  name="class_embedding")(labels))
     if len(embeddings) == 2:
-        embedding = keras.layers.Add(name="embedding")(embeddings)
-    else:
-        embedding = embeddings[0] if embeddings else None
+        return inputs, keras.layers.Add(name="embedding")(embeddings)
+    return inputs, (embeddings[0] if embeddings else None)
 
-    def residual(x, width, block_name):
-        block = ResidualBlock(width, groups, name=block_name)
-        return block([x, embedding]) if embedding is not None else block(x)
 
-    depth = len(widths)
-    x = keras.layers.Conv2D(widths[0], 3, padding="same", name="stem")(images)
+def _encoder(x, widths, blocks_per_level, residual, attention):
+    """The down path: residual (+ attention) blocks per level, average pooling between levels.
+
+    Returns `(x, skips)`, `skips` holding every block's output, deepest last.
+    """
     skips = []
     for level, width in enumerate(widths):
-        for block in range(blocks_per_level):
-            x = residual(x, width, f"down{level}_res{block}")
-            if level in attention_levels:
-                x = AttentionBlock(groups=groups, name=f"down{level}_attn{block}")(x)
+        for index in range(blocks_per_level):
+            x = residual(x, width, f"down{level}_res{index}")
+            x = attention(x, level, f"down{level}_attn{index}")
             skips.append(x)
-        if level < depth - 1:
+        if level < len(widths) - 1:
             x = keras.layers.AveragePooling2D(2, name=f"down{level}_pool")(x)
+    return x, skips
 
-    x = residual(x, widths[-1], "middle_res0")
-    if depth - 1 in attention_levels:
-        x = AttentionBlock(groups=groups, name="middle_attn")(x)
-    x = residual(x, widths[-1], "middle_res1")
 
-    for level in reversed(range(depth)):
-        width = widths[level]
-        for block in range(blocks_per_level):
-            x = keras.layers.Concatenate(name=f"up{level}_concat{block}")([x, skips.pop()])
-            x = residual(x, width, f"up{level}_res{block}")
-            if level in attention_levels:
-                x = AttentionBlock(groups=groups, name=f"up{level}_attn{block}")(x)
+def _decoder(x, skips, widths, blocks_per_level, residual, attention):
+    """The up path: each block concatenates its encoder skip; nearest upsampling + conv."""
+    for level in reversed(range(len(widths))):
+        for index in range(blocks_per_level):
+            x = keras.layers.Concatenate(name=f"up{level}_concat{index}")([x, skips.pop()])
+            x = residual(x, widths[level], f"up{level}_res{index}")
+            x = attention(x, level, f"up{level}_attn{index}")
         if level > 0:
             x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}_upsample")(x)
             x = keras.layers.Conv2D(widths[level - 1], 3, padding="same",
                                     name=f"up{level}_conv")(x)
+    return x
 
+
+def _head(x, out_channels, groups):
+    """GroupNorm -> swish -> a zero-initialised float32 conv: a linear output that starts at 0."""
     x = keras.layers.GroupNormalization(groups, name="head_norm")(x)
     x = keras.layers.Activation("swish", name="head_swish")(x)
-    # float32 and zero-initialised: a mixed-precision-safe, linear output that starts at 0.
-    outputs = keras.layers.Conv2D(out_channels, 3, padding="same", kernel_initializer="zeros",
-                                  dtype="float32", name="head")(x)
-    model = keras.Model(inputs if len(inputs) > 1 else images, outputs, name=name)
-    logger.info("Built %s: %d px, widths %s, %s parameters", name, image_size, widths,
-                f"{model.count_params():,}")
-    return model
+    # float32: mixed-precision-safe output.
+    return keras.layers.Conv2D(out_channels, 3, padding="same", kernel_initializer="zeros",
+                               dtype="float32", name="head")(x)

@@ -122,3 +122,48 @@ def test_mixed_precision_keeps_float32_output():
         assert outputs.dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _variants(model):
+    return {layer.variant for layer in model.layers if isinstance(layer, ResidualBlock)}
+
+
+def test_fast_block_is_the_default_and_has_one_affine_free_norm():
+    fast = ResidualBlock(8, groups=4, variant="fast")
+    classic = ResidualBlock(8, groups=4)  # the layer's own default: configs saved before
+    for block in (fast, classic):
+        block([np.zeros((1, 4, 4, 8), "float32"), np.zeros((1, 12), "float32")])
+    # classic: two norms with gamma and beta; fast: one norm without them
+    assert len(classic.weights) == len(fast.weights) + 4
+    assert fast.norm2 is None and not fast.norm1.center and not fast.norm1.scale
+    assert _variants(build_unet(16, 1, time_embedding=True, **TINY)) == {"fast"}
+    assert _variants(build_unet(16, 1, block="classic", **TINY)) == {"classic"}
+    with pytest.raises(ValueError, match="`block` must be one of"):
+        build_unet(16, 1, block="slow", **TINY)
+
+
+def test_configs_without_the_block_argument_rebuild_the_classic_block():
+    block = ResidualBlock(8, groups=4, variant="fast")
+    config = block.get_config()
+    assert config["variant"] == "fast"
+    del config["variant"]
+    assert ResidualBlock.from_config(config).variant == "classic"
+    from lungkit.models.diffusion import DiffusionModel
+
+    model = DiffusionModel(image_size=8, channels=1, timesteps=10, widths=(8, 16),
+                           blocks_per_level=1, seed=0)
+    config = model.get_config()
+    assert config["block"] == "fast" and _variants(model.network) == {"fast"}
+    del config["block"]
+    old = DiffusionModel.from_config(config)
+    assert _variants(old.network) == _variants(old.ema_network) == {"classic"}
+
+
+@pytest.mark.parametrize("block", ["fast", "classic"])
+def test_both_blocks_use_the_embedding(block):
+    model = build_unet(16, 1, time_embedding=True, block=block, **TINY)
+    _randomise_head(model)
+    images = np.random.default_rng(0).random((1, 16, 16, 1), dtype="float32")
+    early = model([images, np.array([0.1], "float32")]).numpy()
+    late = model([images, np.array([0.9], "float32")]).numpy()
+    assert np.abs(early - late).max() > 1e-4
