@@ -1,7 +1,8 @@
 """The one registry of lungkit's models: their names, classes, and how to load a saved one.
 
 `MODELS` maps the name used everywhere (the CLI's `MODEL` argument, `ExperimentConfig.models`,
-the benchmarks) to a `ModelSpec`: where the class lives and a one-line summary. Classes are
+the benchmarks) to a `ModelSpec`; `STUDENTS` does the same for models trained from a saved
+teacher (the CLI's `train distill`): where the class lives and a one-line summary. Classes are
 imported only when asked for (`model_class`), so the CLI starts without TensorFlow. Each model
 class declares the `generate()` options a caller may pass (`SAMPLING_OPTIONS`), so nobody has
 to probe a model with `hasattr` to know what it takes.
@@ -57,17 +58,26 @@ MODELS = {spec.name: spec for spec in (
               "the VAE-diffusion hybrid: a DDPM in an autoencoder's latent space",
               ("steps", "sampler", "label", "guidance")),
 )}
+# Models trained from a saved teacher, not from the data alone (`lungkit train distill
+# --teacher PATH`): registered for the CLI, `model_name` and `load_model`, but not models of
+# the comparison in their own right (`ExperimentConfig.models` lists `MODELS`).
+STUDENTS = {spec.name: spec for spec in (
+    ModelSpec("distill", "lungkit.models.distill:DistilledDiffusion",
+              "a 1-4 step student distilled from a saved diffusion model (--teacher)",
+              ("steps", "label", "guidance")),
+)}
+REGISTERED = {**MODELS, **STUDENTS}
 # Modules that register Keras classes a saved lungkit model may contain (sub-models too).
 SERIALIZABLE_MODULES = ("lungkit.models.vae", "lungkit.models.denoiser",
                         "lungkit.models.diffusion", "lungkit.models.autoencoder",
-                        "lungkit.models.latent")
+                        "lungkit.models.latent", "lungkit.models.distill")
 
 
 def model_spec(name):
     """The `ModelSpec` registered under `name`; the error lists the names."""
-    if name not in MODELS:
-        raise ValueError(f"`model` must be one of {tuple(MODELS)}. Received: model={name!r}")
-    return MODELS[name]
+    if name not in REGISTERED:
+        raise ValueError(f"`model` must be one of {tuple(REGISTERED)}. Received: model={name!r}")
+    return REGISTERED[name]
 
 
 def diffusion_sampler(name):
@@ -83,7 +93,7 @@ def model_class(name):
 def model_name(model):
     """The registry name of a model instance or class (None when it is not registered)."""
     cls = model if isinstance(model, type) else type(model)
-    for spec in MODELS.values():
+    for spec in REGISTERED.values():
         if spec.path == f"{cls.__module__}:{cls.__name__}":
             return spec.name
     return None
@@ -119,5 +129,5 @@ def load_model(path, **kwargs):
                          f"{type(error).__name__}: {error}") from error
     if type(model).__module__ not in SERIALIZABLE_MODULES:
         raise ValueError(f"{path} holds a {type(model).__name__}, not a lungkit model (one of "
-                         f"{', '.join(spec.path.split(':')[1] for spec in MODELS.values())}).")
+                         f"{', '.join(spec.path.split(':')[1] for spec in REGISTERED.values())}).")
     return model
