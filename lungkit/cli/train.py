@@ -43,7 +43,10 @@ def _train(args):
 
     from lungkit import training, viz
     from lungkit.data.sources import resolve_data_dir
+    from lungkit.training.strategy import check_jit
 
+    strategy = training.get_strategy(args.strategy)
+    check_jit(strategy, args.jit)  # before any data are read or made
     keras.utils.set_random_seed(args.seed)
     cls = model_class(args.model)
     kwargs = {"image_size": args.size, "channels": args.channels, **parse_assignments(args.set)}
@@ -52,7 +55,7 @@ def _train(args):
     out = Path(args.out or f"runs/{args.model}")
     model, history = training.train(
         lambda: cls(**kwargs), dataset, epochs=args.epochs, out_dir=out,
-        strategy=args.strategy, precision=args.precision, jit=args.jit,
+        strategy=strategy, precision=args.precision, jit=args.jit,
         learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
         save_every=args.save_every, retrain=args.retrain, lr_schedule=args.lr_schedule,
         warmup=args.warmup)
@@ -136,7 +139,9 @@ def _add_train_parser(subparsers):
                        help="auto|cpu|mirrored|multiworker|tpu (multiworker reads TF_CONFIG)")
     train.add_argument("--precision", default="float32", choices=PRECISIONS,
                        help="float32|mixed_float16 (GPU)|mixed_bfloat16 (TPU, recent CPUs)")
-    train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    train.add_argument("--jit", action="store_true",
+                       help="compile the train step with XLA (not with mirrored over several "
+                       "devices, nor multiworker)")
     train.add_argument("--save-every", type=int_at_least(1), default=1,
                        help="checkpoint and back up every N epochs (1); a crash repeats < N")
     train.add_argument("--stream", action="store_true",

@@ -4,9 +4,11 @@ A model subclasses `GenerativeModel`, names its losses in `loss_names` (the tota
 writes its loss maths once in `compute_losses`. This module owns what is the same for all of
 them: gradient tape, loss scaling for mixed precision (Keras 3 `optimizer.scale_loss`), the
 division of the loss by the number of replicas under `tf.distribute`, per-epoch metric
-trackers, a hook (`after_train_step`) for work such as an EMA update, and the hooks by
+trackers, a hook (`after_train_step`) for work such as an EMA update, the hooks by
 which a model tells the trainer about stages before its own training (`pending_stages`) and
-work after it (`after_training`). Models never read the trainer's files: the trainer decides.
+work after it (`after_training`), and `ReplicaSeeds`, through which every training draw
+gives each replica its own random numbers. Models never read the trainer's files: the
+trainer decides.
 """
 
 import dataclasses
@@ -14,6 +16,51 @@ from collections.abc import Callable
 
 import keras
 import tensorflow as tf
+
+
+def replica_id():
+    """The replica's id in its sync group under `tf.distribute` (a tensor in a replicated
+    step, where it differs per replica), 0 outside one (no strategy, cross-replica context)."""
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+class ReplicaSeeds(keras.random.SeedGenerator):
+    """A `SeedGenerator` view that gives each replica its own draws from `generator`.
+
+    Pass it as the `seed=` of every training draw: `keras.random.normal(shape,
+    seed=ReplicaSeeds(self.seed_generator))`.
+
+    Under `tf.distribute` (`MirroredStrategy`, multi-worker) a model's `SeedGenerator` is a
+    mirrored variable: every replica reads the same state, so plain draws give every replica
+    the same noise for its slice of the batch (keras-team/keras#20612). Each `next()` here
+    advances `generator` as a plain draw would and folds the replica id into the seed
+    (`tf.random.experimental.stateless_fold_in`): replica `r` draws from `(state, r)`,
+    reproducibly from the model's seed. Replica 0, and every draw outside a replicated
+    step, uses the state unchanged, so single-device training draws exactly what it drew
+    before. It holds no variable of its own (nothing to track, save or restore).
+
+    Args:
+        generator: the model's `keras.random.SeedGenerator`.
+        replica: the replica id to fold in; default `replica_id()` at draw time.
+    """
+
+    def __init__(self, generator, replica=None):  # no super().__init__: no state variable
+        self.generator, self.replica = generator, replica
+        self.name, self.backend = f"{generator.name}_replicas", generator.backend
+
+    @property
+    def state(self):
+        return self.generator.state
+
+    def next(self, ordered=True):
+        seed = self.generator.next(ordered)
+        replica = replica_id() if self.replica is None else self.replica
+        static = tf.get_static_value(replica)
+        if static is not None and int(static) == 0:
+            return seed
+        folded = tf.cast(tf.random.experimental.stateless_fold_in(seed, replica), seed.dtype)
+        return folded if static is not None else tf.where(replica == 0, seed, folded)
 
 
 def unpack_batch(data):

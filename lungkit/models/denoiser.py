@@ -23,7 +23,7 @@ from keras import ops
 from tqdm.auto import tqdm
 
 from lungkit.checks import check_channels, check_images, check_int, check_int_tuple, check_seed
-from lungkit.models.base import GenerativeModel
+from lungkit.models.base import GenerativeModel, ReplicaSeeds
 from lungkit.models.unet import build_unet
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class UNetDenoiser(GenerativeModel):
 
     def compute_losses(self, images, labels=None, training=False):
         images = ops.cast(images, "float32")
-        predictions = self(self.add_noise(images), training=training)
+        noisy = self.add_noise(images, seed=ReplicaSeeds(self.seed_generator))  # per replica
+        predictions = self(noisy, training=training)
         return (ops.mean(ops.square(predictions - images)),)
 
     def _restore_step(self, images):

@@ -23,7 +23,7 @@ from keras import ops
 from tqdm.auto import tqdm
 
 from lungkit.checks import check_choice, check_int, check_number, check_optional_int, check_seed
-from lungkit.models.base import GenerativeModel
+from lungkit.models.base import GenerativeModel, ReplicaSeeds
 from lungkit.models.recipe import LOSS_WEIGHTINGS, denoising_mse, ema_decay_at, update_ema
 from lungkit.models.sampling import SamplingStep, StepOptions, sampling_labels
 from lungkit.models.schedule import (
@@ -151,7 +151,8 @@ class DiffusionModel(GenerativeModel):
             return null
         labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
         if training and self.class_dropout > 0:
-            dropped = keras.random.uniform((batch,), seed=self.seed_generator) < self.class_dropout
+            dropped = keras.random.uniform((batch,), seed=ReplicaSeeds(self.seed_generator)) \
+                < self.class_dropout
             labels = ops.where(dropped, null, labels)
         return labels
 
@@ -183,8 +184,9 @@ class DiffusionModel(GenerativeModel):
         """
         x0 = ops.cast(x0, "float32")
         batch = ops.shape(x0)[0]
-        t = keras.random.randint((batch,), 0, self.timesteps, seed=self.seed_generator)
-        noise = keras.random.normal(ops.shape(x0), seed=self.seed_generator)
+        seeds = ReplicaSeeds(self.seed_generator)  # each replica its own timesteps and noise
+        t = keras.random.randint((batch,), 0, self.timesteps, seed=seeds)
+        noise = keras.random.normal(ops.shape(x0), seed=seeds)
         alpha_bar = ops.reshape(ops.take(ops.convert_to_tensor(self._alphas_cumprod), t),
                                 (-1, 1, 1, 1))
         signal_rate, noise_rate = ops.sqrt(alpha_bar), ops.sqrt(1.0 - alpha_bar)

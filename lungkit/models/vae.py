@@ -50,7 +50,7 @@ from lungkit.checks import (
     check_seed,
 )
 from lungkit.data.labels import resolve_labels
-from lungkit.models.base import GenerativeModel
+from lungkit.models.base import GenerativeModel, ReplicaSeeds
 from lungkit.models.vae_layers import (
     DECODERS,
     DEFAULT_DENSE_UNITS,
@@ -201,7 +201,8 @@ class VAE(GenerativeModel):
             return null
         labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
         if training and self.class_dropout > 0:
-            dropped = keras.random.uniform((batch,), seed=self.label_seeds) < self.class_dropout
+            dropped = keras.random.uniform((batch,), seed=ReplicaSeeds(self.label_seeds)) \
+                < self.class_dropout
             labels = ops.where(dropped, null, labels)
         return labels
 

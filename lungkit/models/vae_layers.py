@@ -12,6 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from lungkit.models.base import ReplicaSeeds
+
 DEFAULT_WIDTHS = (32, 64, 128, 256)  # filters per stride-2 convolution, as the Keras example grows
 DEFAULT_DENSE_UNITS = 256  # hidden dense layer before z_mean / z_log_var
 RECONSTRUCTIONS = ("bce", "mse")
@@ -85,7 +87,7 @@ class Sampling(keras.layers.Layer):
     def call(self, inputs):
         z_mean, z_log_var = inputs
         epsilon = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype,
-                                      seed=self.seed_generator)
+                                      seed=ReplicaSeeds(self.seed_generator))
         return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 
     def compute_output_shape(self, input_shape):

@@ -49,7 +49,13 @@ from lungkit.training.runs import (
     trim_history,
     write_history,
 )
-from lungkit.training.strategy import get_strategy, is_chief, is_multiworker, set_precision
+from lungkit.training.strategy import (
+    check_jit,
+    get_strategy,
+    is_chief,
+    is_multiworker,
+    set_precision,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +149,7 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
     """
     epochs = check_int("epochs", epochs)
     strategy = get_strategy(strategy) if strategy is not None else model.distribute_strategy
+    check_jit(strategy, getattr(model, "jit_compile", None))  # compile(jit_compile=True)
     if is_multiworker(strategy):
         return distributed_fit(model, dataset, epochs, strategy, out_dir, name=name,
                                steps_per_epoch=steps_per_epoch, verbose=verbose != 0)
@@ -269,7 +276,8 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
         epochs, out_dir, name, **fit_kwargs: as in `fit`.
         strategy: a name from `STRATEGIES` or a Strategy.
         precision: a name from `PRECISIONS`.
-        jit: compile the train step with XLA.
+        jit: compile the train step with XLA (refused under a mirrored strategy with several
+            replicas and under multi-worker, before the model is built: `check_jit`).
         learning_rate: Adam's (or `optimizer`'s) learning rate for the global batch.
         optimizer: a Keras optimizer identifier ("adam", "sgd", ...).
         batch_size: per-replica batch; the global batch is `batch_size x replicas`.
@@ -283,6 +291,7 @@ def train(build_model, dataset, *, epochs, out_dir, strategy="auto", precision="
         `(model, history)`.
     """
     strategy = get_strategy(strategy)
+    check_jit(strategy, bool(jit))
     replicas = strategy.num_replicas_in_sync
     is_factory = callable(dataset) and not isinstance(dataset, tf.data.Dataset)
     if is_factory and batch_size is None:

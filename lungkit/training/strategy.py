@@ -3,6 +3,10 @@
 `get_strategy(name)` picks a `tf.distribute.Strategy` by name ("auto" looks at the machine:
 a TPU, `TF_CONFIG` workers, several GPUs); `set_precision(name)` sets the global Keras dtype
 policy and returns the previous one. `is_chief` tells the worker that writes files.
+`check_jit` refuses XLA where it fails: under a mirrored strategy over several replicas
+(`fit` crashes: "Trying to access resource ... located in device CPU:1 from device CPU:0",
+TF 2.21 / Keras 3; Keras' own `jit_compile="auto"` turns XLA off under `tf.distribute`),
+and in the multi-worker loop, which does not compile with XLA.
 """
 
 import json
@@ -99,6 +103,30 @@ def set_precision(name="float32"):
     previous = keras.config.dtype_policy().name
     keras.mixed_precision.set_global_policy(name)
     return previous
+
+
+def check_jit(strategy, jit):
+    """Raises ValueError when `jit` (XLA) is asked for under a strategy where it cannot run.
+
+    Called before a model is built or data are read, so a refused run costs nothing.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`.
+        jit: the `jit` / `jit_compile` setting (only True is checked; "auto" is Keras' own).
+    """
+    if jit is not True:
+        return
+    replicas = strategy.num_replicas_in_sync
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and replicas > 1:
+        raise ValueError(
+            f"`jit=True` (--jit) cannot run under MirroredStrategy with {replicas} replicas: "
+            "XLA-compiled train steps fail in fit() there (\"Trying to access resource ... "
+            "located in device CPU:1 from device CPU:0\"). Train without jit (drop --jit) or "
+            "on one device (strategy='cpu', or a single GPU).")
+    if is_multiworker(strategy):
+        raise ValueError(
+            "`jit=True` (--jit) does not apply to strategy='multiworker': its training loop "
+            "(distributed_fit) does not compile with XLA. Train without jit (drop --jit).")
 
 
 def is_multiworker(strategy):

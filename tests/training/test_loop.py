@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from lungkit import training
-from lungkit.models.base import GenerativeModel
+from lungkit.models.base import GenerativeModel, ReplicaSeeds
 from lungkit.training.callbacks import TimingCallback
 from lungkit.training.runs import read_history
 
@@ -40,6 +40,8 @@ class TinyAutoencoder(GenerativeModel):
         self.encoder = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
         self.decoder = keras.layers.Conv2D(3, 3, padding="same", dtype="float32")
         self.noise = keras.random.SeedGenerator(1)
+        self.replica = None  # a replica id to draw as, for a one-device reference
+
 
     def call(self, images, training=False):
         return self.decoder(self.encoder(images))
@@ -47,8 +49,9 @@ class TinyAutoencoder(GenerativeModel):
     def compute_losses(self, images, labels=None, training=False):
         noisy = images
         if self.noise_std:
+            seed = ReplicaSeeds(self.noise, self.replica)
             noisy = images + self.noise_std * keras.random.normal(keras.ops.shape(images),
-                                                                  seed=self.noise)
+                                                                  seed=seed)
         error = keras.ops.cast(self(noisy, training=training), "float32") - images
         mse = keras.ops.mean(error**2)
         return mse, mse
@@ -320,6 +323,17 @@ def test_mirrored_two_logical_cpus_matches_one_device(tmp_path):
     assert result["fit_loss"] == pytest.approx(result["single_loss"], rel=1e-5)
     for key in ("fit_weights", "loop_weights"):
         np.testing.assert_allclose(result[key], result["single_weights"], rtol=1e-4, atol=1e-6)
+    # with noise: each replica draws its own, and one device drawing the same (each half of
+    # the batch with its replica's seed) trains to the same weights
+    np.testing.assert_allclose(result["noisy_weights"], result["equal_draws_weights"],
+                               rtol=1e-4, atol=1e-6)
+    assert not np.allclose(result["noisy_weights"], result["shared_draws_weights"],
+                           rtol=1e-4, atol=1e-6)  # the reference can tell the draws apart
+    # jit under two replicas: refused before the model is built or any data are read
+    for key in ("train", "fit", "cli"):
+        assert "cannot run under MirroredStrategy with 2 replicas" in result["jit"][key], key
+    assert result["jit"]["built"] == 0 and result["jit"]["data_read"] == 0
+    assert result["jit"]["written"] == []
 
 
 def _free_ports(n):
@@ -400,7 +414,82 @@ def _worker_mirrored(out_dir):
         else:
             training.distributed_fit(model, tiny_dataset(4), 1, strategy, Path(out_dir) / "loop")
         results[f"{mode}_weights"] = _flat_weights(model)
+    start = build(noise_std=0.3)
+    start(tiny_images(1))  # built: it has weights to copy
+    initial = start.get_weights()
+    with strategy.scope():
+        noisy = build(noise_std=0.3)
+        noisy(tiny_images(1))
+        noisy.set_weights(initial)
+    noisy.fit(tiny_dataset(8), epochs=2, verbose=0)
+    results["noisy_weights"] = _flat_weights(noisy)
+    for key, replicas in (("equal_draws_weights", (0, 1)), ("shared_draws_weights", (0, 0))):
+        reference = build(noise_std=0.3)
+        reference(tiny_images(1))
+        reference.set_weights(initial)
+        _train_with_draws_of(reference, tiny_dataset(8), 2, replicas)
+        results[key] = _flat_weights(reference)
+    results["jit"] = _jit_refusals(strategy, Path(out_dir))
     Path(out_dir, "mirrored.json").write_text(json.dumps(results))
+
+
+def _train_with_draws_of(model, dataset, epochs, replicas):
+    """One device: each step's loss is the mean over the batch's halves, half `i` drawing its
+    noise as replica `replicas[i]` from the same generator state (what mirrored replicas do)."""
+    model.optimizer.build(model.trainable_variables)
+    for _ in range(epochs):
+        for images in dataset:
+            state = model.noise.state.numpy()
+            with tf.GradientTape() as tape:
+                losses = []
+                for replica, half in zip(replicas, tf.split(images, len(replicas)), strict=True):
+                    model.noise.state.assign(state)
+                    model.replica = replica
+                    losses.append(model.compute_losses(half, training=True)[0])
+                loss = tf.add_n(losses) / len(losses)
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply(grads, model.trainable_variables)
+
+
+def _jit_refusals(strategy, out_dir):
+    """The messages of `train`, `fit` and `lungkit train` asked for XLA under two replicas."""
+    import logging
+
+    from lungkit import cli
+
+    calls = {"built": 0, "data_read": 0}
+
+    def build_model():
+        calls["built"] += 1
+        return TinyAutoencoder(name="tiny")
+
+    def dataset(batch):
+        calls["data_read"] += 1
+        return tiny_dataset()
+
+    messages = {}
+    with pytest.raises(ValueError) as refused:
+        training.train(build_model, dataset, epochs=1, out_dir=out_dir / "train",
+                       strategy=strategy, jit=True, batch_size=2)
+    messages["train"] = str(refused.value)
+    with strategy.scope():
+        model = TinyAutoencoder(name="tiny")
+        model.compile(keras.optimizers.SGD(0.1), jit_compile=True)
+    with pytest.raises(ValueError) as refused:
+        training.fit(model, tiny_dataset(), 1, out_dir / "fit", verbose=0)
+    messages["fit"] = str(refused.value)
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            messages["cli"] = record.getMessage()
+
+    logging.getLogger("lungkit").addHandler(Keep(logging.ERROR))
+    code = cli.main(["train", "vae", "--jit", "--strategy", "mirrored",
+                     "--out", str(out_dir / "cli"), "--data", str(out_dir / "cli-data")])
+    messages["cli"] += f" (exit {code})"
+    written = sorted(p.name for p in out_dir.iterdir() if p.name in
+                     ("train", "fit", "cli", "cli-data"))
+    return {**messages, **calls, "written": written}
 
 
 def _worker_multiworker(out_dir):
