@@ -39,7 +39,8 @@ TINY = {
                      "DENOISER_EPOCHS": 1, "DENOISER_WIDTHS": [8, 16], "DIFFUSION_EPOCHS": 1,
                      "DIFFUSION_WIDTHS": [8, 16], "TIMESTEPS": 50, "SAMPLING_STEPS": 5,
                      "DDPM_IMAGES": 1},
-    "04_compare": {"OVERRIDES": {"phantom_per_class": 6, "n_generate": 8, "features": "domain",
+    "04_compare": {"OVERRIDES": {"models": ["vae", "denoiser", "diffusion"],
+                                 "image_size": 32, "phantom_per_class": 6, "n_generate": 8, "features": "domain",
                                  "vae.epochs": 2, "denoiser.epochs": 1, "diffusion.epochs": 2,
                                  "diffusion.timesteps": 100, "diffusion.sampling_steps": 10}},
 }
