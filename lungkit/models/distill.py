@@ -44,8 +44,10 @@ from tqdm.auto import tqdm
 
 from lungkit.checks import check_int, check_number, check_seed
 from lungkit.models.base import GenerativeModel
-from lungkit.models.diffusion import DiffusionModel, update_ema
+from lungkit.models.diffusion import DiffusionModel
 from lungkit.models.latent import _frozen
+from lungkit.models.recipe import update_ema
+from lungkit.models.sampling import sampling_labels
 from lungkit.models.schedule import (
     StepCoefficients,
     denoising_update,
@@ -374,7 +376,7 @@ class DistilledDiffusion(GenerativeModel):
         n, batch_size = check_int("n", n), check_int("batch_size", batch_size)
         steps = self.steps if steps is None else steps
         network = self._network_for(steps)
-        labels, guidance, _ = self.teacher._sampling_labels(n, label, guidance)
+        labels, guidance, _ = sampling_labels(n, label, guidance, self.teacher.num_classes)
         plan = self.teacher.schedule.plan("ddim", steps, 0.0, SPACING)
         key = (steps, network.name)  # a step count moves to a kept network when its round ends
         if key not in self._compiled_steps:
