@@ -57,7 +57,8 @@ RUNS = {
     ),
     "04_compare": (
         {"OVERRIDES": {
-            "models": ["vae", "denoiser", "diffusion"], "image_size": 32, "channels": 1, "phantom_per_class": 4, "n_generate": 4,
+            "models": ["vae", "denoiser", "diffusion"], "image_size": 32, "channels": 1,
+            "phantom_per_class": 6, "test_fraction": 0.34, "n_generate": 4,
             "features": "domain", "vae.epochs": 1, "vae.batch_size": 4, "vae.latent_dim": 8,
             "vae.widths": [8, 16], "denoiser.epochs": 1, "denoiser.batch_size": 4,
             "denoiser.widths": [8, 16], "diffusion.epochs": 1, "diffusion.batch_size": 4,

@@ -110,8 +110,8 @@ def test_compare_writes_every_artefact(tmp_path, tiny_features, tiny):
 
 def test_conditional_compare_scores_class_fidelity_and_tstr(tmp_path, tiny_features, tiny):
     config = experiment.get_config(
-        "quick", name="tiny_conditional", conditional=True, models=("vae", "diffusion"),
-        classifier_members=2, **{**tiny, "n_generate": 9, "diffusion.dpm_steps": 4})
+        "quick", name="tiny_conditional", conditional=True,
+        classifier_members=2, **{**tiny, "models": ("vae", "diffusion"), "n_generate": 9, "diffusion.dpm_steps": 4})
     run = _run_folder(tmp_path, tiny_features)
     experiment.compare(config, run, progress=False)
     saved = json.loads((run / "metrics.json").read_text())
@@ -147,8 +147,8 @@ def test_compare_reuses_finished_trainings_and_retrains_changed_ones(tmp_path, c
     """A second compare into the same folder loads what finished, continues what asks for
     more epochs, and trains a changed model again (its old run moved aside)."""
     config = experiment.get_config("quick", name="tiny_reuse",
-                                   models=("vae", "denoiser", "latent"), **{
-                                       **tiny, "latent.autoencoder_epochs": 1,
+                                   **{**tiny, "models": ("vae", "denoiser", "latent"),
+                                       "latent.autoencoder_epochs": 1,
                                        "latent.diffusion_epochs": 2, "latent.batch_size": 8,
                                        "latent.timesteps": 100, "latent.sampling_steps": 3})
     run = _run_folder(tmp_path, tiny_features)
