@@ -22,9 +22,16 @@ import tensorflow as tf
 from keras import ops
 from tqdm.auto import tqdm
 
-from lungkit.checks import check_channels, check_images, check_int, check_int_tuple, check_seed
+from lungkit.checks import (
+    check_channels,
+    check_choice,
+    check_images,
+    check_int,
+    check_int_tuple,
+    check_seed,
+)
 from lungkit.models.base import GenerativeModel, ReplicaSeeds
-from lungkit.models.unet import build_unet
+from lungkit.models.unet import BLOCKS, DEFAULT_BLOCK, LEGACY_BLOCK, build_unet
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +67,8 @@ class UNetDenoiser(GenerativeModel):
         noise_std: std of the Gaussian noise added to the [0, 1] images in training: a number,
             or a `(low, high)` range sampled uniformly per image. The noised image is clipped
             to [0, 1], the same domain `restore` accepts.
-        widths, blocks_per_level, attention_levels, groups: the U-Net (see `build_unet`).
+        widths, blocks_per_level, attention_levels, groups, block: the U-Net (see
+            `build_unet`); `block` "fast" (default) or "classic" (configs saved without it).
         seed: seed of the training noise; None for a fresh one.
     """
 
@@ -68,20 +76,22 @@ class UNetDenoiser(GenerativeModel):
 
     def __init__(self, image_size=128, channels=3, noise_std=PAPER_NOISE_STD,
                  widths=(32, 64, 128), blocks_per_level=1, attention_levels=(), groups=8,
-                 seed=None, **kwargs):
+                 seed=None, block=DEFAULT_BLOCK, **kwargs):
         image_size = check_int("image_size", image_size)
         channels = check_channels(channels)
         noise_std = _check_noise_std(noise_std)
         widths = check_int_tuple("widths", widths)
         seed = check_seed("seed", seed)
+        check_choice("block", block, BLOCKS)
         super().__init__(**kwargs)
         self.image_size, self.channels, self.noise_std = image_size, channels, noise_std
         self.widths, self.attention_levels = widths, tuple(attention_levels)
         self.blocks_per_level, self.groups, self.seed = blocks_per_level, groups, seed
+        self.block = block
         self.unet = build_unet(image_size, channels, widths=self.widths,
                                blocks_per_level=blocks_per_level,
                                attention_levels=self.attention_levels, groups=groups,
-                               name="denoiser_unet")
+                               block=block, name="denoiser_unet")
         self.seed_generator = keras.random.SeedGenerator(seed, name="noise_seed")
         self._step_function = None
 
@@ -210,4 +220,9 @@ class UNetDenoiser(GenerativeModel):
                 "channels": self.channels, "noise_std": noise_std,
                 "widths": list(self.widths), "blocks_per_level": self.blocks_per_level,
                 "attention_levels": list(self.attention_levels), "groups": self.groups,
-                "seed": self.seed}
+                "seed": self.seed, "block": self.block}
+
+    @classmethod
+    def from_config(cls, config):
+        """Configs saved before the `block` option load with the classic block they trained."""
+        return cls(**{"block": LEGACY_BLOCK, **config})

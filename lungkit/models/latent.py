@@ -38,6 +38,7 @@ from lungkit.models.autoencoder import (
 )
 from lungkit.models.base import GenerativeModel, TrainingStage
 from lungkit.models.diffusion import DiffusionModel
+from lungkit.models.unet import DEFAULT_BLOCK, LEGACY_BLOCK
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ class LatentDiffusion(GenerativeModel):
         autoencoder_epochs: epochs of the first `fit` stage when the autoencoder is not
             calibrated; None = the `epochs` given to `fit`.
         timesteps, schedule, prediction, widths, blocks_per_level, attention_levels,
-            ema_decay, num_classes, class_dropout, ema_warmup, loss_weighting, min_snr_gamma:
-            the latent `DiffusionModel` (`widths` is its U-Net, which works at `latent_size`).
+            ema_decay, num_classes, class_dropout, ema_warmup, loss_weighting, min_snr_gamma,
+            block: the latent `DiffusionModel` (`widths` is its U-Net, which works at
+            `latent_size`; configs saved without `block` load with the classic block).
         seed: seeds the diffusion's training and sampling noise (and a built autoencoder).
 
     Training batches: images float32 `(B, image_size, image_size, channels)` in [0, 1], or
@@ -73,7 +75,7 @@ class LatentDiffusion(GenerativeModel):
                  schedule="cosine", prediction="v", widths=DEFAULT_LATENT_WIDTHS,
                  blocks_per_level=2, attention_levels=(), ema_decay=0.999, num_classes=None,
                  class_dropout=0.1, seed=None, ema_warmup=True, loss_weighting="none",
-                 min_snr_gamma=5.0, **kwargs):
+                 min_snr_gamma=5.0, block=DEFAULT_BLOCK, **kwargs):
         shape_args = {"image_size": image_size, "channels": channels,
                       "latent_channels": latent_channels, "widths": autoencoder_widths}
         if autoencoder is None:
@@ -106,7 +108,7 @@ class LatentDiffusion(GenerativeModel):
             blocks_per_level=blocks_per_level, attention_levels=attention_levels,
             ema_decay=ema_decay, num_classes=num_classes, class_dropout=class_dropout,
             seed=seed, ema_warmup=ema_warmup, loss_weighting=loss_weighting,
-            min_snr_gamma=min_snr_gamma, name="latent_diffusion_model")
+            min_snr_gamma=min_snr_gamma, block=block, name="latent_diffusion_model")
         self.num_classes = num_classes  # read by the experiment (labelled batches or not)
         self.autoencoder_history = {}
         self.built = True
@@ -246,12 +248,14 @@ class LatentDiffusion(GenerativeModel):
                 "attention_levels": list(d.attention_levels), "ema_decay": d.ema_decay,
                 "num_classes": d.num_classes, "class_dropout": d.class_dropout,
                 "seed": self.seed, "ema_warmup": d.ema_warmup,
-                "loss_weighting": d.loss_weighting, "min_snr_gamma": d.min_snr_gamma}
+                "loss_weighting": d.loss_weighting, "min_snr_gamma": d.min_snr_gamma,
+                "block": d.block}
 
     @classmethod
     def from_config(cls, config):
         # old configs (before the recipe options) load as they were trained: no EMA warm-up
-        config = {"ema_warmup": False, "loss_weighting": "none", **config}
+        config = {"ema_warmup": False, "loss_weighting": "none", "block": LEGACY_BLOCK,
+                  **config}
         if isinstance(config.get("autoencoder"), dict):
             config["autoencoder"] = keras.saving.deserialize_keras_object(config["autoencoder"])
         return cls(**config)

@@ -159,6 +159,38 @@ def test_configs_without_the_block_argument_rebuild_the_classic_block():
     assert _variants(old.network) == _variants(old.ema_network) == {"classic"}
 
 
+def _denoiser():
+    from lungkit.models.denoiser import UNetDenoiser
+
+    return UNetDenoiser(image_size=8, channels=1, groups=4, seed=0, **TINY)
+
+
+def _latent():
+    from lungkit.models.latent import LatentDiffusion
+
+    return LatentDiffusion(image_size=16, channels=1, latent_channels=2,
+                           autoencoder_widths=(8, 16), timesteps=10, seed=0, **TINY)
+
+
+@pytest.mark.parametrize("build, unet", [(_denoiser, lambda m: m.unet),
+                                         (_latent, lambda m: m.diffusion.network)],
+                         ids=["denoiser", "latent"])
+def test_every_unet_model_saves_its_block_and_old_files_load_classic(build, unet, tmp_path):
+    """A model saved before the `block` option was trained with the classic block."""
+    model = build()
+    assert model.get_config()["block"] == "fast" and _variants(unet(model)) == {"fast"}
+    classic = type(model).from_config({**model.get_config(), "block": "classic"})
+    assert _variants(unet(classic)) == {"classic"}
+    path = str(tmp_path / "classic.keras")
+    classic.save(path)
+    assert _variants(unet(keras.saving.load_model(path))) == {"classic"}
+    old = model.get_config()
+    del old["block"]
+    assert _variants(unet(type(model).from_config(old))) == {"classic"}
+    with pytest.raises(ValueError, match="`block` must be one of"):
+        type(model).from_config({**model.get_config(), "block": "slow"})
+
+
 @pytest.mark.parametrize("block", ["fast", "classic"])
 def test_both_blocks_use_the_embedding(block):
     model = build_unet(16, 1, time_embedding=True, block=block, **TINY)
