@@ -1,24 +1,24 @@
 """Writes the comparison report: report.md, a self-contained report.html, figures/*.png.
 
 The report is built once as a list of blocks (headings, paragraphs, tables, figures) and
-rendered twice, to Markdown and to HTML with the figures embedded, so the two never disagree.
+rendered twice by `lungkit.experiment.render`, to Markdown and to HTML with the figures
+embedded, so the two never disagree.
 `metrics.json` is written by `lungkit.experiment`; this module only reads the results dict.
 """
 
-import base64
 import datetime
-import html
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from lungkit.data.labels import CLASS_NAMES, labels_from_counts
+from lungkit.data.labels import CLASS_NAMES
+from lungkit.experiment.figures import draw_figures
+from lungkit.experiment.render import render_html, render_markdown
 from lungkit.files import write_text
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_PER_FIGURE = 16
 # (key in metrics, column title, format) for the results table
 METRIC_COLUMNS = (
     ("sharpness_mean", "Sharpness (var. of Laplacian)", "{:.1f}"),
@@ -212,126 +212,6 @@ def _class_table(results):
     return ["Samples", *CLASS_NAMES, "Overall", "TSTR accuracy"], rows
 
 
-def _real_figure(viz, real, figures_dir):
-    """Fig. 1: real slices per class (the paper's Figure 1)."""
-    real_x, real_y = real
-    rows = {}
-    for label, name in enumerate(CLASS_NAMES):
-        picked = real_x[np.asarray(real_y) == label][:6]
-        if len(picked):
-            rows[name] = picked
-    path = figures_dir / "fig1_real_per_class.png"
-    viz.comparison_figure(rows, path, ncols=6)
-    return [(path, "Figure 1. Real training slices, one row per class.")]
-
-
-def _vae_figure(viz, samples, figures_dir):
-    """Fig. 2: VAE samples in two rows, drawn large enough to judge blur."""
-    if "vae" not in samples:
-        return []
-    path = figures_dir / "fig2_vae_samples.png"
-    vae_samples = samples["vae"][:SAMPLES_PER_FIGURE]
-    half = (len(vae_samples) + 1) // 2
-    viz.comparison_figure({"VAE": vae_samples[:half], " ": vae_samples[half:]}
-                          if len(vae_samples) > 1 else {"VAE": vae_samples},
-                          path, ncols=half)
-    return [(path, "Figure 2. VAE samples (z ~ N(0, I), decoded).")]
-
-
-def _diffusion_figure(viz, results, samples, figures_dir):
-    """Fig. 3: one row per diffusion-family model and sampler."""
-    rows = {}
-    for variant, images in samples.items():
-        if variant == "vae":
-            continue
-        label = next(e["variants"][variant]["label"] for e in results["models"].values()
-                     if variant in e["variants"])
-        rows[label] = images[:8]
-    if not rows:
-        return []
-    path = figures_dir / "fig3_diffusion_samples.png"
-    viz.comparison_figure(rows, path, ncols=8)
-    return [(path, "Figure 3. Samples of the diffusion-family models, one row per model and "
-                   "sampler.")]
-
-
-def _curve_figures(viz, results, figures_dir):
-    """Figs. 4-7: each model's training losses per epoch."""
-    made = []
-    for number, (model, title) in enumerate(
-        (("vae", "VAE training losses"), ("denoiser", "Denoiser training loss (MSE)"),
-         ("diffusion", "DDPM training loss"), ("latent", "Latent diffusion training loss")),
-        start=4,
-    ):
-        entry = results["models"].get(model)
-        history = {k: v for k, v in (entry or {}).get("history", {}).items()
-                   if k.endswith("loss")}
-        if history:
-            path = figures_dir / f"fig{number}_{model}_curves.png"
-            viz.plot_history(history, path=path, title=title)
-            made.append((path, f"Figure {number}. {title} per epoch."))
-    return made
-
-
-def _class_figures(viz, results, samples, figures_dir):
-    """Conditional models: one row of samples per requested class."""
-    made = []
-    for entry in results["models"].values():
-        for name, variant in entry["variants"].items():
-            if not variant.get("conditional") or name not in samples \
-                    or not variant.get("evaluate", True):
-                continue
-            labels = labels_from_counts(variant["class_counts"])
-            rows = {class_name: samples[name][labels == k][:8]
-                    for k, class_name in enumerate(CLASS_NAMES) if (labels == k).any()}
-            slug = "".join(ch if ch.isalnum() else "_" for ch in name)
-            path = figures_dir / f"class_samples_{slug}.png"
-            viz.comparison_figure(rows, path, ncols=8, title=variant["label"])
-            made.append((path, f"{variant['label']}: samples of each requested class, one row "
-                               "per class."))
-    return made
-
-
-def _speed_and_sharpness_figures(viz, results, figures_dir):
-    """Bar charts: generation speed, and sharpness beside the real images'."""
-    variants = [v for e in results["models"].values() for v in e["variants"].values()]
-    if not variants:
-        return []
-    path = figures_dir / "speed.png"
-    viz.bar_chart([v["label"] for v in variants], [v["images_per_second"] for v in variants],
-                  path, xlabel="images per second (log scale)", title="Generation speed",
-                  log=True)
-    made = [(path, "Generation speed: images per second on this machine.")]
-    scored = [(v["label"], v["metrics"]) for v in variants if v.get("metrics")]
-    if scored:
-        path = figures_dir / "sharpness.png"
-        values = [m.get("sharpness_mean", np.nan) for _, m in scored]
-        names = [name for name, _ in scored]
-        if results.get("real_metrics"):
-            names.append("Real images")
-            values.append(results["real_metrics"].get("sharpness_mean", np.nan))
-        # log scale: pure-noise samples sit 10-100x above the rest, which would flatten
-        # the VAE / hybrid / real bars that the comparison is about
-        viz.bar_chart(names, values, path, xlabel="variance of the Laplacian (log scale)",
-                      title="Sharpness (higher = sharper)", log=True)
-        made.append((path, "Sharpness (variance of the Laplacian) of the samples beside "
-                           "the real images. Noise raises it too: read it beside KID/FID, "
-                           "and closest to the real value is best."))
-    return made
-
-
-def _figures(results, samples, real, figures_dir):
-    """Draws every figure; returns a list of `(path, caption)`."""
-    from lungkit import viz
-
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    return (_real_figure(viz, real, figures_dir) + _vae_figure(viz, samples, figures_dir)
-            + _diffusion_figure(viz, results, samples, figures_dir)
-            + _curve_figures(viz, results, figures_dir)
-            + _class_figures(viz, results, samples, figures_dir)
-            + _speed_and_sharpness_figures(viz, results, figures_dir))
-
-
 def _interval_text(claim):
     if claim.get("interval") is None:
         return "-"
@@ -361,8 +241,8 @@ def conclusion(results):
     return text
 
 
-def build_blocks(results, figures):
-    """The report as blocks: ("h1"|"h2"|"p"|"table"|"figure", payload)."""
+def _intro_blocks(results):
+    """Title, the synthetic-data warning, the conclusion, and what was run on which data."""
     config, data = results["config"], results["data"]
     blocks = [("h1", f"lungkit comparison report: {config['name']}")]
     if data["source"] == "phantom":
@@ -385,20 +265,30 @@ def build_blocks(results, figures):
         "patient can fall on both sides, which flatters FID and memorization figures. The "
         f"domain encoder is trained on its own {data.get('n_encoder', 0)} slices, which no "
         "generator and no metric sees.")))
-    if results.get("claims"):
-        blocks.append(("h2", "The paper's claims, checked"))
-        blocks.append(("p", (
-            "Each claim is a test: the effect is measured on these images and given a 95% "
-            "bootstrap interval (images resampled with replacement; class fidelity: the exact "
-            "binomial interval). PASS: the whole interval is beyond the claim's margin; FAIL: "
-            "the whole interval falls short of it; INCONCLUSIVE: these images cannot decide.")))
-        blocks.append(("table", (["Claim", "Verdict", "Effect [95% interval]", "Margin",
-                                  "Measured"],
-                                 [[c["claim"], c["verdict"], _interval_text(c),
-                                   _fmt(c.get("margin"), "{:.3g}"), c["evidence"]]
-                                  for c in results["claims"]])))
-    blocks.append(("h2", "Results"))
-    blocks.append(("table", _results_table(results)))
+    return blocks
+
+
+def _claim_blocks(results):
+    """The claims table, each claim with its verdict, effect, interval and margin."""
+    if not results.get("claims"):
+        return []
+    return [
+        ("h2", "The paper's claims, checked"),
+        ("p", ("Each claim is a test: the effect is measured on these images and given a 95% "
+               "bootstrap interval (images resampled with replacement; class fidelity: the "
+               "exact binomial interval). PASS: the whole interval is beyond the claim's "
+               "margin; FAIL: the whole interval falls short of it; INCONCLUSIVE: these images "
+               "cannot decide.")),
+        ("table", (["Claim", "Verdict", "Effect [95% interval]", "Margin", "Measured"],
+                   [[c["claim"], c["verdict"], _interval_text(c),
+                     _fmt(c.get("margin"), "{:.3g}"), c["evidence"]]
+                    for c in results["claims"]])),
+    ]
+
+
+def _result_blocks(results):
+    """The results table, one table per feature space, the probes and the near-copy baseline."""
+    blocks = [("h2", "Results"), ("table", _results_table(results))]
     blocks += _feature_blocks(results)
     blocks += _probe_blocks(results)
     baseline = _memorization_baseline(results)
@@ -408,92 +298,33 @@ def build_blocks(results, figures):
             f"thumbnails). Held-out real slices score {baseline:.0%} against the same training "
             "slices: a model at or below that share copies no more than real data resembles "
             "itself; blurry samples, close to the average slice, score high too.")))
-    header, rows = _class_table(results)
-    if rows:
-        classifier = results.get("classifier") or {}
-        blocks.append(("h2", "Class-conditional generation"))
-        blocks.append(("p", (
-            f"Class fidelity: the share of samples that {_judge(classifier)} trained on the "
-            f"real training split (**{classifier.get('name', 'domain encoder')}**) assigns to "
-            "the class they were generated for (chance: 33%); the reference row is the same "
-            "judge on the held-out real slices, the most a model can score. The claim needs "
-            "each model's exact binomial interval above chance. TSTR: a classifier trained only on a "
-            "model's samples, tested on the held-out real slices (reference: trained on as "
-            "many real training slices).")))
-        blocks.append(("table", (header, rows)))
-    blocks.append(("h2", "Figures"))
-    for path, caption in figures:
-        blocks.append(("figure", (path, caption)))
     return blocks
 
 
-def _inline(text):
-    """Markdown bold (**x**) to HTML, everything else escaped."""
-    parts = html.escape(text).split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+def _class_blocks(results):
+    """Class fidelity and TSTR per conditional model; nothing for unconditional runs."""
+    header, rows = _class_table(results)
+    if not rows:
+        return []
+    classifier = results.get("classifier") or {}
+    return [
+        ("h2", "Class-conditional generation"),
+        ("p", (f"Class fidelity: the share of samples that {_judge(classifier)} trained on the "
+               f"real training split (**{classifier.get('name', 'domain encoder')}**) assigns "
+               "to the class they were generated for (chance: 33%); the reference row is the "
+               "same judge on the held-out real slices, the most a model can score. The claim "
+               "needs each model's exact binomial interval above chance. TSTR: a classifier "
+               "trained only on a model's samples, tested on the held-out real slices "
+               "(reference: trained on as many real training slices).")),
+        ("table", (header, rows)),
+    ]
 
 
-def render_markdown(blocks, base):
-    lines = []
-    for kind, payload in blocks:
-        if kind == "h1":
-            lines += [f"# {payload}", ""]
-        elif kind == "h2":
-            lines += [f"## {payload}", ""]
-        elif kind == "p":
-            lines += [payload, ""]
-        elif kind == "table":
-            header, rows = payload
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
-                      for row in rows]
-            lines.append("")
-        elif kind == "figure":
-            path, caption = payload
-            lines += [f"![{caption}]({Path(path).relative_to(base).as_posix()})", "",
-                      f"*{caption}*", ""]
-    return "\n".join(lines)
-
-
-HTML_STYLE = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max-width: 1100px;
-       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-td.PASS { color: #0a6b2d; font-weight: bold; } td.FAIL { color: #a11; font-weight: bold; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-style: italic; color: #555; }
-"""
-
-
-def render_html(blocks):
-    body = []
-    for kind, payload in blocks:
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{html.escape(payload)}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(payload)}</p>")
-        elif kind == "table":
-            header, rows = payload
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                        + "</tr>")
-            for row in rows:
-                cells = "".join(f'<td class="{html.escape(str(c))}">{html.escape(str(c))}</td>'
-                                for c in row)
-                body.append(f"<tr>{cells}</tr>")
-            body.append("</table>")
-        elif kind == "figure":
-            path, caption = payload
-            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            body.append(f'<figure><img src="data:image/png;base64,{data}" '
-                        f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
-                        "</figcaption></figure>")
-    title = html.escape(blocks[0][1]) if blocks and blocks[0][0] == "h1" else "lungkit report"
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{title}</title><style>{HTML_STYLE}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+def build_blocks(results, figures):
+    """The report as blocks: ("h1"|"h2"|"p"|"table"|"figure", payload), rendered by `render`."""
+    return (_intro_blocks(results) + _claim_blocks(results) + _result_blocks(results)
+            + _class_blocks(results) + [("h2", "Figures")]
+            + [("figure", (path, caption)) for path, caption in figures])
 
 
 def write_report(results, samples, real, out_dir):
@@ -509,7 +340,7 @@ def write_report(results, samples, real, out_dir):
         The path of report.html.
     """
     out_dir = Path(out_dir)
-    figures = _figures(results, samples, real, out_dir / "figures")
+    figures = draw_figures(results, samples, real, out_dir / "figures")
     blocks = build_blocks(results, figures)
     write_text(out_dir / "report.md", render_markdown(blocks, out_dir))  # atomic: lungkit.files
     write_text(out_dir / "report.html", render_html(blocks))
