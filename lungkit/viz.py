@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from lungkit.checks import check_int
+from lungkit.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
 PAD_VALUE = 255  # white gaps between tiles
 CAPTION_HEIGHT = 12  # pixels of caption band above each tile (PIL's default bitmap font is 11)
 DPI = 100  # figure pixels per inch; grids are drawn at one image pixel per screen pixel
+SMALL_PNG_WIDTH = 1000  # pixels: images for the README are scaled down to this width
 
 
 def to_uint8_rgb(images):
@@ -304,3 +306,25 @@ def bar_chart(labels, values, path=None, xlabel=None, title=None, log=False):
         ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return _finish(fig, path)
+
+
+def save_small_png(source, target, max_width=SMALL_PNG_WIDTH):
+    """Copies the image `source` to `target` as a small PNG (for READMEs and docs).
+
+    Scaled down to `max_width` if wider (Lanczos), stored as an optimised 256-colour palette
+    PNG, which keeps CT grids a few hundred KB. Written atomically; returns `target`.
+    """
+    from PIL import Image
+
+    max_width = check_int("max_width", max_width)
+    with Image.open(source) as opened:
+        image = opened.convert("RGB")
+    if image.width > max_width:
+        height = round(image.height * max_width / image.width)
+        image = image.resize((max_width, height), Image.Resampling.LANCZOS)
+    target = Path(target)
+    with atomic_path(target) as temporary:
+        image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+            temporary, format="PNG", optimize=True)
+    return target
+
