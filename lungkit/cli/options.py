@@ -24,15 +24,25 @@ def int_at_least(low):
     return parse
 
 
-def positive_float(text):
-    """An argparse type: a finite number > 0."""
+def _finite_float(text, low, inclusive):
+    bound = f"{'>=' if inclusive else '>'} {low:g}"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text}")
     return value
+
+
+def positive_float(text):
+    """An argparse type: a finite number > 0."""
+    return _finite_float(text, 0, inclusive=False)
+
+
+def non_negative_float(text):
+    """An argparse type: a finite number >= 0."""
+    return _finite_float(text, 0, inclusive=True)
 
 
 def parse_assignments(pairs):

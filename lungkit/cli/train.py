@@ -3,8 +3,13 @@
 import logging
 from pathlib import Path
 
-from lungkit.checks import PRECISIONS, STRATEGIES
-from lungkit.cli.options import int_at_least, parse_assignments, positive_float
+from lungkit.checks import PRECISIONS, SAVE_SECONDS, STRATEGIES
+from lungkit.cli.options import (
+    int_at_least,
+    non_negative_float,
+    parse_assignments,
+    positive_float,
+)
 from lungkit.data.labels import balanced_labels
 from lungkit.models.registry import MODELS, diffusion_sampler, model_class
 
@@ -57,7 +62,7 @@ def _train(args):
         lambda: cls(**kwargs), dataset, epochs=args.epochs, out_dir=out,
         strategy=strategy, precision=args.precision, jit=args.jit,
         learning_rate=args.learning_rate, batch_size=args.batch_size, name=args.model,
-        save_every=args.save_every, retrain=args.retrain, lr_schedule=args.lr_schedule,
+        save_every=args.save_every, save_seconds=args.save_seconds, retrain=args.retrain, lr_schedule=args.lr_schedule,
         warmup=args.warmup)
     viz.plot_history(dict(history), keys=list(model.loss_names),
                      path=out / "curves.png", title=f"lungkit train {args.model}")
@@ -143,7 +148,10 @@ def _add_train_parser(subparsers):
                        help="compile the train step with XLA (not with mirrored over several "
                        "devices, nor multiworker)")
     train.add_argument("--save-every", type=int_at_least(1), default=1,
-                       help="checkpoint and back up every N epochs (1); a crash repeats < N")
+                       help="checkpoint and back up every N epochs (1) ...")
+    train.add_argument("--save-seconds", type=non_negative_float, default=SAVE_SECONDS,
+                       help=f"... and at most every S seconds of training ({SAVE_SECONDS:g}; 0: "
+                       "every N epochs); a crash repeats at most that much")
     train.add_argument("--stream", action="store_true",
                        help="decode files with tf.data each epoch instead of loading to memory")
     train.add_argument("--cache", default=None,

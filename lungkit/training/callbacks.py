@@ -19,8 +19,8 @@ run folder holds:
    below then keep the last good files instead of writing the diverged weights.
 3. `HistoryLogger` rewrites `history.csv` with one more row; at the start of a run it drops
    rows that the restored backup will train again, so every epoch appears once.
-4. `ModelSaver`s: the last and the best model.
-5. `RunBackup` comes last: a kill after the history row but before the backup repeats that
+4. `Checkpoint` comes last: the best and the last model, then the backup, every `save_every`
+   epochs and `save_seconds` seconds; a kill after the history row but before the backup repeats that
    epoch and replaces its row; the reverse order could lose a row.
 
 `lungkit.training.fit` adds `ShuffleEpoch`, which sets the epoch of `make_dataset` datasets
@@ -36,7 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from lungkit.checks import check_choice, check_int
+from lungkit.checks import SAVE_SECONDS, check_choice, check_int, check_number
 from lungkit.data.pipeline import set_shuffle_epoch
 from lungkit.training.runs import (
     BACKUP_DIR,
@@ -178,29 +178,43 @@ class HistoryLogger(keras.callbacks.Callback):
 
 
 # --- checkpoints -----------------------------------------------------------------------------
-def _due(callback, epoch):
-    """True when a callback with `save_every` saves at the end of `epoch` (and at the last)."""
-    return (epoch + 1) % callback.save_every == 0 or epoch + 1 >= callback.params.get("epochs", 0)
+class Checkpoint(keras.callbacks.Callback):
+    """Writes a run's model files and its backup together, cheaply; restores the backup first.
 
+    A checkpoint is `<name>.best.keras` (when the monitored value reached a new finite best
+    since the last checkpoint), `<name>.keras`, then the backup (weights, optimizer, RNG
+    states; `lungkit.training.runs.save_backup`). It is written at the end of an epoch once
+    `save_every` epochs and `save_seconds` seconds have passed since the last one, after the
+    last epoch, and when training stops early; so a crash repeats at most that much training.
+    The best epoch's weights are copied in memory (a few milliseconds) and written with the
+    next checkpoint, so the best model is exact without a file write per improvement.
 
-class ModelSaver(keras.callbacks.Callback):
-    """Saves `<name>.keras` every `save_every` epochs and at the last, or, with `monitor`, the
-    model whenever the monitored value reaches a new finite best (re-read from the history
-    after a resume). Nothing is saved once a loss has become non-finite.
+    Keras' `BackupAndRestore` writes in place and skips `SeedGenerator` states, so a resumed
+    VAE would redraw the noise of earlier epochs; this keeps both, atomically. Nothing is
+    written once a loss has become non-finite, except a pending best model (finite by
+    construction), so the last good weights are on disk when the run stops.
     """
 
-    def __init__(self, path, history_path, save_every=1, monitor=None, mode="min", guard=None):
+    def __init__(self, out_dir, name="model", monitor="loss", mode="min", save_every=1,
+                 save_seconds=0.0, guard=None):
         super().__init__()
-        self.path, self.history_path = Path(path), Path(history_path)
-        self.save_every, self.monitor, self.mode, self.guard = save_every, monitor, mode, guard
-        self.best = None
+        out_dir = Path(out_dir)
+        self.path, self.best_path = out_dir / f"{name}.keras", out_dir / f"{name}.best.keras"
+        self.backup_dir, self.history_path = out_dir / BACKUP_DIR, out_dir / HISTORY_FILE
+        self.monitor, self.mode, self.guard = monitor, mode, guard
+        self.save_every, self.save_seconds = save_every, save_seconds
+        self.best, self.saved_epochs = None, []
 
     def on_train_begin(self, logs=None):
-        if self.monitor is None:
-            return
+        epoch = load_backup(self.model, self.backup_dir)
+        if epoch is not None:
+            logger.info("Resuming from the backup in %s at epoch %d", self.backup_dir, epoch)
+            self.model._initial_epoch = epoch
         values = [v for v in read_history(self.history_path).get(self.monitor, [])
                   if math.isfinite(v)]
         self.best = (max if self.mode == "max" else min)(values) if values else None
+        self._best_weights = self._epoch = None
+        self._since, self._clock = 0, time.monotonic()
 
     def _improved(self, value):
         if value is None or not math.isfinite(value):
@@ -209,39 +223,50 @@ class ModelSaver(keras.callbacks.Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
+    def _diverged(self):
+        return self.guard is not None and self.guard.diverged
+
     def on_epoch_end(self, epoch, logs=None):
-        if self.guard is not None and self.guard.diverged:
-            return
-        if self.monitor is None:
-            if _due(self, epoch):
-                save_model(self.model, self.path)
+        if self._diverged():
             return
         value = (logs or {}).get(self.monitor)
-        if self._improved(None if value is None else float(value)):
-            self.best = float(value)
-            save_model(self.model, self.path)
+        value = None if value is None else float(value)
+        self._epoch, self._since = epoch, self._since + 1
+        last = epoch + 1 >= self.params.get("epochs", 0)
+        due = last or (self._since >= self.save_every
+                       and time.monotonic() - self._clock >= self.save_seconds)
+        if self._improved(value):
+            self.best = value
+            self._best_weights = "current" if due else self.model.get_weights()
+        if due:
+            self._write()
 
+    def on_train_end(self, logs=None):
+        if self._diverged():
+            self._write_best()
+        elif self._since:  # stopped early (e.g. `model.stop_training`)
+            self._write()
 
-class RunBackup(keras.callbacks.Callback):
-    """Backs up the run every `save_every` epochs (and after the last); restores it first.
+    def _write_best(self):
+        if self._best_weights is None:
+            return
+        if isinstance(self._best_weights, str):
+            save_model(self.model, self.best_path)
+        else:
+            current = self.model.get_weights()
+            self.model.set_weights(self._best_weights)
+            try:
+                save_model(self.model, self.best_path)
+            finally:
+                self.model.set_weights(current)
+        self._best_weights = None
 
-    Keras' `BackupAndRestore` writes in place and skips `SeedGenerator` states, so a resumed
-    VAE would redraw the noise of earlier epochs; this keeps both, atomically.
-    """
-
-    def __init__(self, backup_dir, save_every=1, guard=None):
-        super().__init__()
-        self.backup_dir, self.save_every, self.guard = Path(backup_dir), save_every, guard
-
-    def on_train_begin(self, logs=None):
-        epoch = load_backup(self.model, self.backup_dir)
-        if epoch is not None:
-            logger.info("Resuming from the backup in %s at epoch %d", self.backup_dir, epoch)
-            self.model._initial_epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if _due(self, epoch) and not (self.guard is not None and self.guard.diverged):
-            save_backup(self.model, self.backup_dir, epoch + 1)
+    def _write(self):
+        self._write_best()
+        save_model(self.model, self.path)
+        save_backup(self.model, self.backup_dir, self._epoch + 1)
+        self.saved_epochs.append(self._epoch + 1)
+        self._since, self._clock = 0, time.monotonic()
 
 
 class ShuffleEpoch(keras.callbacks.Callback):
@@ -272,7 +297,8 @@ class ShuffleEpoch(keras.callbacks.Callback):
 
 
 def default_callbacks(out_dir, name="model", monitor="loss", mode="min", batch_size=None,
-                      images_per_epoch=None, tensorboard=True, initial_epoch=0, save_every=1):
+                      images_per_epoch=None, tensorboard=True, initial_epoch=0, save_every=1,
+                      save_seconds=SAVE_SECONDS):
     """The callbacks of a resumable lungkit run, in the order explained in the module doc.
 
     Args:
@@ -284,30 +310,30 @@ def default_callbacks(out_dir, name="model", monitor="loss", mode="min", batch_s
         tensorboard: also write TensorBoard logs to `out_dir/logs` (epoch scalars only),
             when the `tensorboard` package is installed.
         initial_epoch: the `initial_epoch` given to `fit`, where a fresh history starts.
-        save_every: save the last model and the backup every this many epochs (and after
-            the last); a crash then repeats up to `save_every - 1` epochs.
+        save_every, save_seconds: checkpoint (models and backup) once this many epochs and
+            seconds have passed since the last checkpoint, and after the last epoch; a crash
+            repeats at most that much training. 0 seconds checkpoints every `save_every`
+            epochs. The default keeps checkpoints to a few percent of the training time.
 
     Returns:
         list of callbacks for `model.fit(callbacks=...)`; add your own after them.
     """
     save_every = check_int("save_every", save_every)
+    save_seconds = check_number("save_seconds", save_seconds, low=0)
     check_choice("mode", mode, ("min", "max"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    backup_dir, history_path = out_dir / BACKUP_DIR, out_dir / HISTORY_FILE
     guard = FriendlyTerminateOnNaN()
     callbacks = [
         TimingCallback(batch_size=batch_size, images_per_epoch=images_per_epoch),
         guard,
-        HistoryLogger(history_path, backup_dir, initial_epoch=initial_epoch),
-        ModelSaver(out_dir / f"{name}.keras", history_path, save_every, guard=guard),
-        ModelSaver(out_dir / f"{name}.best.keras", history_path, monitor=monitor, mode=mode,
-                   guard=guard),
+        HistoryLogger(out_dir / HISTORY_FILE, out_dir / BACKUP_DIR, initial_epoch=initial_epoch),
     ]
     if tensorboard and importlib.util.find_spec("tensorboard") is None:
         logger.info("TensorBoard logs skipped: the `tensorboard` package is not installed")
     elif tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(out_dir / "logs", write_graph=False,
                                                      update_freq="epoch", profile_batch=0))
-    callbacks.append(RunBackup(backup_dir, save_every, guard=guard))
+    callbacks.append(Checkpoint(out_dir, name, monitor=monitor, mode=mode, save_every=save_every,
+                                save_seconds=save_seconds, guard=guard))
     return callbacks

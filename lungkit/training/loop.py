@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lungkit.checks import check_int
+from lungkit.checks import SAVE_SECONDS, check_int
 from lungkit.data.pipeline import set_shuffle_epoch
 from lungkit.models.base import unpack_batch
 from lungkit.models.registry import model_name
@@ -109,7 +109,8 @@ def _data_fingerprint(dataset):
 
 def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callbacks=(),
         strategy=None, steps_per_epoch=None, verbose="auto", initial_epoch=0,
-        images_per_epoch=None, tensorboard=True, save_every=1, retrain=False):
+        images_per_epoch=None, tensorboard=True, save_every=1, save_seconds=SAVE_SECONDS,
+        retrain=False):
     """Trains a compiled model with lungkit's resumable callbacks; a finished run is loaded.
 
     What happens is decided by the run record in `out_dir` (`lungkit.training.runs`): a new
@@ -133,7 +134,9 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
         images_per_epoch: exact image count per epoch for the timing (default: the
             dataset's `image_count` from `make_dataset`, else batches x batch size).
         tensorboard: also write TensorBoard logs.
-        save_every: save the model and the backup every this many epochs.
+        save_every, save_seconds: checkpoint (the models and the backup) once this many
+            epochs and seconds have passed since the last checkpoint, and at the end; a crash
+            repeats at most that much (`save_seconds=0`: every `save_every` epochs).
         retrain: False (the rule above), True (move an earlier run aside into
             `out_dir/replaced-<time>/` and start over) or "if_changed" (start over only when
             the settings differ).
@@ -174,7 +177,8 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
         out_dir, name=name, monitor="val_loss" if validation_data is not None else "loss",
         batch_size=None if images_per_epoch else batch_size,
         images_per_epoch=images_per_epoch,
-        tensorboard=tensorboard, initial_epoch=initial_epoch, save_every=save_every)
+        tensorboard=tensorboard, initial_epoch=initial_epoch, save_every=save_every,
+        save_seconds=save_seconds)
     model._initial_epoch = None  # an earlier restore must not leak into this run
     try:
         model.fit(dataset, epochs=epochs, validation_data=validation_data,
@@ -247,7 +251,8 @@ def _last_good(out_dir, name):
     if not epoch:
         return "Nothing was saved: no epoch finished with a finite loss."
     return (f"The last good weights, after epoch {epoch}, are in {Path(out_dir) / name}.keras "
-            f"and {Path(out_dir) / BACKUP_DIR}/; the diverged ones were not saved.")
+            f"and {Path(out_dir) / BACKUP_DIR}/, the best epoch's in "
+            f"{Path(out_dir) / name}.best.keras; the diverged ones were not saved.")
 
 
 def _interrupted_message(out_dir, name, epochs):

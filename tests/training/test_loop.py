@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from lungkit import training
 from lungkit.models.base import GenerativeModel, ReplicaSeeds
+from lungkit.training import callbacks
 from lungkit.training.callbacks import TimingCallback
 from lungkit.training.runs import read_history
 
@@ -110,7 +111,7 @@ def test_timing_callback_records_seconds_and_images_per_second(tmp_path):
     model, timing = build(), TimingCallback(batch_size=4)
     exact = TimingCallback(images_per_epoch=7)
     history = training.fit(model, tiny_dataset(), 3, tmp_path, callbacks=[timing, exact],
-                           verbose=0)
+                           verbose=0, save_seconds=0)
     assert len(timing.seconds_per_epoch) == 3 and min(timing.seconds_per_epoch) > 0
     assert timing.first_epoch_seconds == timing.seconds_per_epoch[0]
     np.testing.assert_allclose(timing.images_per_second,
@@ -126,7 +127,7 @@ def test_timing_callback_records_seconds_and_images_per_second(tmp_path):
 def test_nan_loss_stops_with_advice_and_keeps_the_last_good_model(tmp_path, caplog):
     images = tiny_images()
     good = build()
-    training.fit(good, tiny_dataset(), 1, tmp_path, verbose=0)
+    training.fit(good, tiny_dataset(), 1, tmp_path, verbose=0, save_seconds=0)
     saved = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "logs" not in
              p.parts and p.suffix != ".json" and p.name != "history.csv"}
     images[0, 0, 0, 0] = np.nan
@@ -134,7 +135,7 @@ def test_nan_loss_stops_with_advice_and_keeps_the_last_good_model(tmp_path, capl
     with caplog.at_level("ERROR", logger="lungkit.training.callbacks"), \
             pytest.raises(training.TrainingDiverged, match="after epoch 1, are in .*tiny.keras"):
         training.fit(model, tf.data.Dataset.from_tensor_slices(images).batch(4), 5, tmp_path,
-                     verbose=0, retrain=False)
+                     verbose=0, retrain=False, save_seconds=0)
     assert model.optimizer.iterations.numpy() == 3  # restored 2, stopped after one more batch
     message = caplog.text
     assert "became nan at epoch 1, batch 0" in message
@@ -148,7 +149,7 @@ def test_nan_loss_stops_with_advice_and_keeps_the_last_good_model(tmp_path, capl
 def test_checkpoints_history_and_backup_cleanup(tmp_path):
     model = build()
     history = training.fit(model, tiny_dataset(), 2, tmp_path, verbose=0,
-                           validation_data=tiny_dataset())
+                           validation_data=tiny_dataset(), save_seconds=0)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "logs") == [
         "backup", "history.csv", "tiny.best.keras", "tiny.keras", "tiny.run.json"]
     assert history["epoch"] == [0, 1] and history["loss"][1] < history["loss"][0]
@@ -157,6 +158,65 @@ def test_checkpoints_history_and_backup_cleanup(tmp_path):
     for a, b in zip(reloaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert reloaded.optimizer.iterations.numpy() == 4
+
+
+def _checkpoint_run(out_dir, losses, save_seconds, seconds_per_epoch=1.0, diverge_at=None,
+                    monkeypatch=None):
+    """Drives a `Checkpoint` by hand: epoch `e` ends with every weight equal to `e` and loss
+    `losses[e]`, on a clock that advances `seconds_per_epoch` per epoch."""
+    model = build()
+    model.fit(tiny_dataset(), epochs=1, verbose=0, shuffle=False)  # builds the optimizer
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    guard = training.FriendlyTerminateOnNaN()
+    checkpoint = callbacks.Checkpoint(out_dir, "tiny", save_seconds=save_seconds, guard=guard)
+    guard.set_model(model)
+    checkpoint.set_model(model)
+    checkpoint.set_params({"epochs": len(losses)})
+    checkpoint.on_train_begin()
+    for epoch, loss in enumerate(losses):
+        model.set_weights([np.full_like(w, epoch) for w in model.get_weights()])
+        clock[0] += seconds_per_epoch
+        if epoch == diverge_at:
+            guard.on_train_batch_end(0, {"loss": float("nan")})
+            break
+        checkpoint.on_epoch_end(epoch, {"loss": loss})
+    checkpoint.on_train_end()
+    return checkpoint
+
+
+def _weights_value(path):
+    values = {float(w.flat[0]) for w in keras.saving.load_model(path).get_weights() if w.size}
+    assert len(values) == 1, values
+    return values.pop()
+
+
+@pytest.mark.parametrize("save_seconds, saved", [(0, [1, 2, 3, 4]), (2.5, [3, 4]), (60, [4])])
+def test_checkpoints_wait_save_seconds_and_keep_the_best_epoch_exactly(save_seconds, saved,
+                                                                     tmp_path, monkeypatch):
+    checkpoint = _checkpoint_run(tmp_path, [3.0, 1.0, 2.0, 4.0], save_seconds,
+                                 monkeypatch=monkeypatch)
+    assert checkpoint.saved_epochs == saved
+    assert _weights_value(tmp_path / "tiny.best.keras") == 1.0  # epoch 1, the lowest loss
+    assert _weights_value(tmp_path / "tiny.keras") == 3.0
+    assert training.backup_epoch(tmp_path / "backup") == 4
+
+
+def test_a_diverged_run_writes_its_pending_best_model_and_no_backup(tmp_path, monkeypatch):
+    checkpoint = _checkpoint_run(tmp_path, [3.0, 1.0, 2.0, 4.0], 60, diverge_at=2,
+                                 monkeypatch=monkeypatch)
+    assert checkpoint.saved_epochs == []
+    assert _weights_value(tmp_path / "tiny.best.keras") == 1.0
+    assert not (tmp_path / "tiny.keras").exists()
+    assert training.backup_epoch(tmp_path / "backup") is None
+
+
+def test_the_default_checkpoint_interval_applies_and_is_checked(tmp_path):
+    history = training.fit(build(), tiny_dataset(), 3, tmp_path, verbose=0)  # under a second
+    assert history["epoch"] == [0, 1, 2]
+    assert training.backup_epoch(tmp_path / "backup") == 3
+    with pytest.raises(ValueError, match="save_seconds"):
+        training.fit(build(), tiny_dataset(), 3, tmp_path / "bad", verbose=0, save_seconds=-1)
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -172,14 +232,16 @@ class _Interrupt(keras.callbacks.Callback):
 @pytest.mark.parametrize("save_every, crash_at", [(1, 2), (2, 3)])
 def test_resume_after_interruption_matches_uninterrupted_run(save_every, crash_at, tmp_path):
     reference = build(noise_std=0.3)
-    expected = training.fit(reference, tiny_dataset(), 4, tmp_path / "ref", verbose=0)
+    expected = training.fit(reference, tiny_dataset(), 4, tmp_path / "ref", verbose=0,
+                            save_seconds=0)
     with pytest.raises(KeyboardInterrupt):
         training.fit(build(noise_std=0.3), tiny_dataset(), 4, tmp_path / "run",
-                     callbacks=[_Interrupt(crash_at)], verbose=0, save_every=save_every)
+                     callbacks=[_Interrupt(crash_at)], verbose=0, save_every=save_every,
+                     save_seconds=0)
     assert len(read_history(tmp_path / "run" / "history.csv")["epoch"]) == crash_at
     resumed = build(noise_std=0.3)  # a fresh process would start from fresh weights
     history = training.fit(resumed, tiny_dataset(), 4, tmp_path / "run", verbose=0,
-                           save_every=save_every)
+                           save_every=save_every, save_seconds=0)
     # with save_every=2 the backup is from epoch 2: epoch 2 is trained again, its row replaced
     assert history["epoch"] == [0, 1, 2, 3]
     np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-5)
@@ -200,10 +262,11 @@ def test_vae_resume_restores_its_sampling_noise(tmp_path, tiny_ct_batch):
         return model
 
     data = tf.data.Dataset.from_tensor_slices(tiny_ct_batch).batch(2)
-    expected = training.fit(vae(), data, 3, tmp_path / "ref", verbose=0)
+    expected = training.fit(vae(), data, 3, tmp_path / "ref", verbose=0, save_seconds=0)
     with pytest.raises(KeyboardInterrupt):
-        training.fit(vae(), data, 3, tmp_path / "run", callbacks=[_Interrupt()], verbose=0)
-    history = training.fit(vae(), data, 3, tmp_path / "run", verbose=0)
+        training.fit(vae(), data, 3, tmp_path / "run", callbacks=[_Interrupt()], verbose=0,
+                     save_seconds=0)
+    history = training.fit(vae(), data, 3, tmp_path / "run", verbose=0, save_seconds=0)
     assert history["epoch"] == [0, 1, 2]
     for key in ("loss", "reconstruction_loss", "kl_loss"):
         np.testing.assert_allclose(history[key], expected[key], rtol=1e-5)
@@ -212,40 +275,43 @@ def test_vae_resume_restores_its_sampling_noise(tmp_path, tiny_ct_batch):
 def test_resume_drops_history_rows_that_will_be_redone(tmp_path):
     # A kill after the history row of epoch 2 but before its backup: epoch 2 is trained again.
     with pytest.raises(KeyboardInterrupt):
-        training.fit(build(), tiny_dataset(), 3, tmp_path, callbacks=[_Interrupt(2)], verbose=0)
+        training.fit(build(), tiny_dataset(), 3, tmp_path, callbacks=[_Interrupt(2)], verbose=0,
+                     save_seconds=0)
     from lungkit.training.runs import write_history
 
     history = read_history(tmp_path / "history.csv")
     extra = {key: values + [values[-1]] for key, values in history.items()}
     extra["epoch"][-1] = 2
     write_history(tmp_path / "history.csv", extra)  # a row for epoch 2, without its backup
-    resumed = training.fit(build(), tiny_dataset(), 3, tmp_path, verbose=0)
+    resumed = training.fit(build(), tiny_dataset(), 3, tmp_path, verbose=0, save_seconds=0)
     assert resumed["epoch"] == [0, 1, 2] and resumed["loss"][:2] == history["loss"]
     assert resumed["loss"][2] != history["loss"][1]
 
 
 def test_a_finished_run_is_loaded_continued_or_refused_never_retrained(tmp_path, caplog):
     first = build()
-    history = training.fit(first, tiny_dataset(), 2, tmp_path, verbose=0)
+    history = training.fit(first, tiny_dataset(), 2, tmp_path, verbose=0, save_seconds=0)
     iterations = int(first.optimizer.iterations.numpy())
     model_bytes = (tmp_path / "tiny.keras").read_bytes()
     caplog.set_level("INFO", logger="lungkit.training")
     again = build()
-    loaded = training.fit(again, tiny_dataset(), 2, tmp_path, verbose=0)  # the next day
+    loaded = training.fit(again, tiny_dataset(), 2, tmp_path, verbose=0,
+                          save_seconds=0)  # the next day
     assert loaded == history and "nothing to train" in caplog.text
     assert (tmp_path / "tiny.keras").read_bytes() == model_bytes
     for a, b in zip(again.get_weights(), first.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     more = build()
-    longer = training.fit(more, tiny_dataset(), 3, tmp_path, verbose=0)  # one epoch more
+    longer = training.fit(more, tiny_dataset(), 3, tmp_path, verbose=0,
+                          save_seconds=0)  # one epoch more
     assert longer["epoch"] == [0, 1, 2] and longer["loss"][:2] == history["loss"]
     assert int(more.optimizer.iterations.numpy()) == iterations + 2  # continued, not restarted
     with pytest.raises(ValueError, match=r"other settings: .*learning_rate: 0\.1 -> 0\.05.*"
                                          r"retrain=True"):
         training.fit(build(optimizer=keras.optimizers.SGD(0.05)), tiny_dataset(), 3, tmp_path,
-                     verbose=0)
+                     verbose=0, save_seconds=0)
     fresh = training.fit(build(optimizer=keras.optimizers.SGD(0.05)), tiny_dataset(), 1,
-                         tmp_path, verbose=0, retrain=True)
+                         tmp_path, verbose=0, retrain=True, save_seconds=0)
     assert fresh["epoch"] == [0]
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("replaced-")]
     assert len(aside) == 1 and (aside[0] / "tiny.keras").is_file()
@@ -256,19 +322,20 @@ def test_run_files_without_a_record_are_refused(tmp_path):
     (tmp_path / "tiny.keras").write_text("someone else's model")
     with pytest.raises(ValueError, match="holds tiny.keras but no tiny.run.json.*Nothing was "
                                          "changed"):
-        training.fit(build(), tiny_dataset(), 1, tmp_path, verbose=0)
+        training.fit(build(), tiny_dataset(), 1, tmp_path, verbose=0, save_seconds=0)
     assert (tmp_path / "tiny.keras").read_text() == "someone else's model"
 
 
 def test_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path):
     with pytest.raises(training.TrainingInterrupted) as caught:
-        training.fit(build(), tiny_dataset(), 4, tmp_path, callbacks=[_Interrupt(2)], verbose=0)
+        training.fit(build(), tiny_dataset(), 4, tmp_path, callbacks=[_Interrupt(2)], verbose=0,
+                     save_seconds=0)
     message = str(caught.value)
     assert "2 of 4 epochs finished and saved in" in message and "resume at epoch 3" in message
     assert caught.value._render_traceback_() == [message]  # IPython shows one line
     with pytest.raises(training.TrainingInterrupted, match="nothing was saved"):
         training.fit(build(), tiny_dataset(), 4, tmp_path / "early", callbacks=[_Interrupt(0)],
-                     verbose=0)
+                     verbose=0, save_seconds=0)
 
 
 def test_epochs_are_checked_before_anything_is_written(tmp_path):
@@ -391,7 +458,8 @@ def _worker_train(out_dir, marker):
 
     model = build(noise_std=0.3, optimizer=keras.optimizers.Adam(1e-2))
     callbacks = [Record()] + ([Hang()] if marker != "-" else [])
-    history = training.fit(model, tiny_dataset(), 4, out_dir, callbacks=callbacks, verbose=0)
+    history = training.fit(model, tiny_dataset(), 4, out_dir, callbacks=callbacks, verbose=0,
+                           save_seconds=0)
     Path(out_dir, "result.json").write_text(json.dumps({
         "epochs_run": Record.epochs, "history": dict(history), "weights": _flat_weights(model)}))
 
@@ -476,7 +544,7 @@ def _jit_refusals(strategy, out_dir):
         model = TinyAutoencoder(name="tiny")
         model.compile(keras.optimizers.SGD(0.1), jit_compile=True)
     with pytest.raises(ValueError) as refused:
-        training.fit(model, tiny_dataset(), 1, out_dir / "fit", verbose=0)
+        training.fit(model, tiny_dataset(), 1, out_dir / "fit", verbose=0, save_seconds=0)
     messages["fit"] = str(refused.value)
 
     class Keep(logging.Handler):

@@ -173,7 +173,7 @@ def test_interrupted_diffusion_with_shuffled_labels_and_validation_resumes_exact
                              channels=1, seed=5, with_labels=True)  # fresh, as in a new process
         history = training.fit(model, _dataset("diffusion"), 4, out_dir, verbose=0,
                                validation_data=valid, callbacks=list(callbacks),
-                               tensorboard=False)
+                               tensorboard=False, save_seconds=0)
         return history, _state(model)
 
     expected, expected_state = run(tmp_path / "ref")
@@ -277,7 +277,7 @@ def _worker(out_root, marker, *kinds):
         model, record = _build(kind), Record()
         callbacks = [record] + ([Hang()] if marker != "-" else [])
         history = training.fit(model, dataset, 4, out_dir, callbacks=callbacks, verbose=0,
-                               tensorboard=False)
+                               tensorboard=False, save_seconds=0)
         orders = []
         for epoch in (0, 1):
             set_shuffle_epoch(dataset, epoch)
