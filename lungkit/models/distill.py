@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from lungkit.checks import check_int, check_number, check_seed
 from lungkit.models.base import GenerativeModel
 from lungkit.models.diffusion import DiffusionModel
-from lungkit.models.latent import _frozen
+from lungkit.models.latent import freeze_submodel
 from lungkit.models.recipe import update_ema
 from lungkit.models.sampling import sampling_labels
 from lungkit.models.schedule import (
@@ -144,7 +144,7 @@ class DistilledDiffusion(GenerativeModel):
         class_dropout = check_number("class_dropout", class_dropout, 0.0, 1.0, high_open=True)
         seed = check_seed("seed", seed)
         super().__init__(**kwargs)
-        self.teacher = _frozen(teacher)
+        self.teacher = freeze_submodel(teacher)
         self.steps, self.start_steps, self.round_updates = steps, start_steps, round_updates
         self.max_guidance, self.class_dropout = max_guidance, class_dropout
         self.clip_denoised, self.seed = bool(clip_denoised), seed
@@ -257,7 +257,7 @@ class DistilledDiffusion(GenerativeModel):
         """x~ of the module docstring: the x_0 a single step must predict (no gradient)."""
         def teacher_output(x, times):  # round 0: the teacher, guided with w per image
             w_images = None if w is None else ops.reshape(w, (-1, 1, 1, 1))
-            return self.teacher._guided_output(self.teacher.ema_network, x, times, labels,
+            return self.teacher.guided_output(self.teacher.ema_network, x, times, labels,
                                                w_images, self.guided)
 
         def previous_output(x, times):  # later rounds: the previous round's student
