@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 # Students of this many steps or fewer are kept for sampling (the intermediate ones only
 # teach the next round): 4, 2 and 1 steps, the few-step regime of Salimans & Ho's Table 1.
 KEPT_STEPS_MAX = 4
+# The defaults: 16 teacher DDIM steps distilled in two rounds (16 -> 8 -> 4) to 4 steps.
+DEFAULT_STEPS, DEFAULT_START_STEPS = 4, 16
 # Meng et al. (2023) train their guided students on w in [0, 4] of their parametrisation
 # (w = 0 conditional); lungkit's w = 1 + theirs, so 4 covers the usual 1..4.
 DEFAULT_MAX_GUIDANCE = 4.0
@@ -80,6 +82,24 @@ def halving_rounds(start_steps, steps):
                          f"halves the steps). Received: start_steps={start_steps}, "
                          f"steps={steps}")
     return tuple(start_steps >> k for k in range(1, int(math.log2(ratio)) + 1))
+
+
+def check_teacher(teacher):
+    """Refuses a teacher that is not a v-prediction `DiffusionModel` (the one kind this
+    distillation supports: a VAE, a `LatentDiffusion`, a student or an eps model is not).
+
+    Raises:
+        TypeError: `teacher` is not a `DiffusionModel`.
+        ValueError: it predicts eps, not v.
+    """
+    if not isinstance(teacher, DiffusionModel):
+        raise TypeError(f"`teacher` must be a lungkit DiffusionModel (a pixel DDPM). "
+                        f"Received: a {type(teacher).__name__}")
+    if teacher.prediction != "v":
+        raise ValueError(f"`teacher` must predict v (prediction='v'): progressive "
+                         f"distillation samples from x_0 through v. Received: "
+                         f"prediction={teacher.prediction!r}")
+    return teacher
 
 
 def build_student_network(teacher, guided, name):
@@ -126,16 +146,11 @@ class DistilledDiffusion(GenerativeModel):
 
     loss_names = ("loss",)
 
-    def __init__(self, teacher, steps=4, start_steps=16, round_updates=1000,
+    def __init__(self, teacher, steps=DEFAULT_STEPS, start_steps=DEFAULT_START_STEPS,
+                 round_updates=1000,
                  max_guidance=DEFAULT_MAX_GUIDANCE, class_dropout=None, clip_denoised=True,
                  seed=None, **kwargs):
-        if not isinstance(teacher, DiffusionModel):
-            raise TypeError(f"`teacher` must be a lungkit DiffusionModel (a pixel DDPM). "
-                            f"Received: a {type(teacher).__name__}")
-        if teacher.prediction != "v":
-            raise ValueError(f"`teacher` must predict v (prediction='v'): progressive "
-                             f"distillation samples from x_0 through v. Received: "
-                             f"prediction={teacher.prediction!r}")
+        check_teacher(teacher)
         self.rounds = halving_rounds(start_steps, steps)
         round_updates = check_int("round_updates", round_updates)
         max_guidance = check_number("max_guidance", max_guidance, 0.0, None)
