@@ -293,15 +293,8 @@ class DistilledDiffusion(GenerativeModel):
         return ops.stop_gradient((z_next - ratio * z) / (next_signal - ratio * signal))
 
     def compute_losses(self, images, labels=None, training=False):
-        """The distillation loss of the current round (module docstring).
-
-        Args:
-            images: float `(B, H, W, C)` in [0, 1].
-            labels: int `(B,)` or None.
-
-        Returns:
-            `(loss,)`, a float32 scalar.
-        """
+        """The distillation loss of the current round (module docstring): `(loss,)`, a float32
+        scalar, for `images` and `labels` as in `DiffusionModel.compute_losses`."""
         x0 = ops.cast(images, "float32") * 2.0 - 1.0
         batch = ops.shape(x0)[0]
         round_index = self._round()
