@@ -144,3 +144,97 @@ def test_conditional_train_and_sample_with_label_and_guidance(model, phantom_dir
         assert cli.main(["sample", model, "--model", str(saved), "--steps", "2",
                          "--label", "cancer", "--out", str(tmp_path / "x.png")]) == 1
         assert "`label` must be" in caplog.text
+
+
+# -- lungkit train distill ---------------------------------------------------------------------
+DISTILL_SIZE = 8
+
+
+def _tiny_diffusion(**kwargs):
+    from lungkit.models.diffusion import DiffusionModel
+
+    return DiffusionModel(image_size=DISTILL_SIZE, channels=1, widths=(8,), blocks_per_level=1,
+                          timesteps=20, seed=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(phantom_dir, tmp_path_factory):
+    """A conditional 8 px v-prediction DDPM trained 1 epoch by `lungkit.training`: its run
+    folder (teacher.keras beside teacher.run.json)."""
+    from lungkit import training
+    from lungkit.data.images import load_data
+    from lungkit.data.pipeline import make_dataset
+
+    keras.utils.set_random_seed(0)
+    model = _tiny_diffusion(num_classes=3)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    images, labels = load_data(phantom_dir, size=DISTILL_SIZE)
+    data = make_dataset(images, labels, batch_size=4, image_size=DISTILL_SIZE, channels=1,
+                        with_labels=True)
+    out = tmp_path_factory.mktemp("teacher")
+    training.fit(model, data, 1, out, name="teacher", verbose=0, tensorboard=False)
+    return out
+
+
+def test_train_distill_saves_a_student_that_samples_its_trained_steps(teacher_run, phantom_dir,
+                                                                       tmp_path, capsys, caplog):
+    out = tmp_path / "student"
+    # 6 images, batch 4: 2 batches an epoch; 2 epochs = 4 updates, 2 per round (4 -> 2 -> 1)
+    assert cli.main(["train", "distill", "--teacher", str(teacher_run), "--data",
+                     str(phantom_dir), "--limit", "2", "--epochs", "2", "--batch-size", "4",
+                     "--steps", "1", "--set", "start_steps=4", "--samples", "3",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "distill.keras (2 epochs; loss" in printed
+    assert "Trained step counts: 2, 1 (lungkit sample distill" in printed
+    assert {"distill.keras", "history.csv", "curves.png", "samples.png"} <= \
+        {p.name for p in out.iterdir()}
+    assert all(np.isfinite(read_history(out / "history.csv")["loss"]))
+    student = keras.models.load_model(out / "distill.keras")
+    assert student.rounds == (2, 1) and student.round_updates == 2
+    assert student.trained_steps == (2, 1) and int(student.optimizer.iterations) == 4
+
+    grid = tmp_path / "grid.png"
+    # the kept 2-step student (samples.png came from the 1-step one)
+    assert cli.main(["sample", "distill", "--model", str(out / "distill.keras"), "-n", "2",
+                     "--steps", "2", "--label", "benign", "--guidance", "2",
+                     "--out", str(grid)]) == 0
+    assert Image.open(grid).size[0] > DISTILL_SIZE
+    caplog.clear()
+    assert cli.main(["sample", "distill", "--model", str(out / "distill.keras"),
+                     "--steps", "4", "--out", str(grid)]) == 1
+    assert "`steps` must be one of this student's trained step counts (2, 1)" in caplog.text
+    assert cli.main(["sample", "distill", "--model", str(out / "distill.keras"),
+                     "--sampler", "ddpm", "--out", str(grid)]) == 1
+    assert "--sampler does not apply to the distill model" in caplog.text
+
+
+@pytest.mark.parametrize("teacher, expected", [
+    ("vae", "must be a lungkit DiffusionModel.*Received: a VAE"),
+    ("epsilon", r"must predict v.*prediction='epsilon'"),
+    ("missing", "--teacher file not found"),
+])
+def test_train_distill_refuses_a_teacher_that_cannot_teach(teacher, expected, tmp_path, caplog,
+                                                          monkeypatch):
+    import re
+
+    from lungkit.models.vae import VAE
+
+    path = tmp_path / f"{teacher}.keras"
+    if teacher == "vae":
+        VAE(image_size=32, channels=1, widths=(8,), latent_dim=4,
+            dense_units=0).save(path)
+    elif teacher == "epsilon":
+        _tiny_diffusion(prediction="epsilon").save(path)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)  # no --data: refused first, no phantom set is made in data/
+    assert cli.main(["train", "distill", "--teacher", str(path), "--out", str(out)]) == 1
+    assert re.search(expected, caplog.text) and str(path) in caplog.text
+    assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_distill_options_are_refused_for_other_models(tmp_path, caplog):
+    assert cli.main(_train_args("vae", tmp_path / "no-data", tmp_path / "out", "--teacher",
+                                str(tmp_path / "t.keras"))) == 1
+    assert "--teacher applies to `lungkit train distill` only" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -212,7 +212,7 @@ class DiffusionModel(GenerativeModel):
         update_ema(self.ema_network.weights, self.network.weights, decay)
 
     # -- sampling -----------------------------------------------------------------------
-    def _guided_output(self, network, x, times, labels, guidance, guided):
+    def guided_output(self, network, x, times, labels, guidance, guided):
         """The network's eps (or v) at `x`, float32, with classifier-free guidance.
 
         Tensors: `x` `(B, H, W, C)`, `times` `(B,)` in [0, 1), `labels` int32 `(B,)` or None
@@ -237,7 +237,7 @@ class DiffusionModel(GenerativeModel):
         keeps the unclipped estimate (diffusers' default).
         """
         network = self.ema_network if options.use_ema else self.network
-        output = self._guided_output(network, x, times, labels, guidance, options.guided)
+        output = self.guided_output(network, x, times, labels, guidance, options.guided)
         if self.prediction == "epsilon":
             pred_x0, pred_eps = x0_from_eps(x, output, step.signal_rate, step.noise_rate), output
         else:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from lungkit.checks import check_int, check_number, check_seed
 from lungkit.models.base import GenerativeModel
 from lungkit.models.diffusion import DiffusionModel
-from lungkit.models.latent import _frozen
+from lungkit.models.latent import freeze_submodel
 from lungkit.models.recipe import update_ema
 from lungkit.models.sampling import sampling_labels
 from lungkit.models.schedule import (
@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 # Students of this many steps or fewer are kept for sampling (the intermediate ones only
 # teach the next round): 4, 2 and 1 steps, the few-step regime of Salimans & Ho's Table 1.
 KEPT_STEPS_MAX = 4
+# The defaults: 16 teacher DDIM steps distilled in two rounds (16 -> 8 -> 4) to 4 steps.
+DEFAULT_STEPS, DEFAULT_START_STEPS = 4, 16
 # Meng et al. (2023) train their guided students on w in [0, 4] of their parametrisation
 # (w = 0 conditional); lungkit's w = 1 + theirs, so 4 covers the usual 1..4.
 DEFAULT_MAX_GUIDANCE = 4.0
@@ -80,6 +82,24 @@ def halving_rounds(start_steps, steps):
                          f"halves the steps). Received: start_steps={start_steps}, "
                          f"steps={steps}")
     return tuple(start_steps >> k for k in range(1, int(math.log2(ratio)) + 1))
+
+
+def check_teacher(teacher):
+    """Refuses a teacher that is not a v-prediction `DiffusionModel` (the one kind this
+    distillation supports: a VAE, a `LatentDiffusion`, a student or an eps model is not).
+
+    Raises:
+        TypeError: `teacher` is not a `DiffusionModel`.
+        ValueError: it predicts eps, not v.
+    """
+    if not isinstance(teacher, DiffusionModel):
+        raise TypeError(f"`teacher` must be a lungkit DiffusionModel (a pixel DDPM). "
+                        f"Received: a {type(teacher).__name__}")
+    if teacher.prediction != "v":
+        raise ValueError(f"`teacher` must predict v (prediction='v'): progressive "
+                         f"distillation samples from x_0 through v. Received: "
+                         f"prediction={teacher.prediction!r}")
+    return teacher
 
 
 def build_student_network(teacher, guided, name):
@@ -126,16 +146,11 @@ class DistilledDiffusion(GenerativeModel):
 
     loss_names = ("loss",)
 
-    def __init__(self, teacher, steps=4, start_steps=16, round_updates=1000,
+    def __init__(self, teacher, steps=DEFAULT_STEPS, start_steps=DEFAULT_START_STEPS,
+                 round_updates=1000,
                  max_guidance=DEFAULT_MAX_GUIDANCE, class_dropout=None, clip_denoised=True,
                  seed=None, **kwargs):
-        if not isinstance(teacher, DiffusionModel):
-            raise TypeError(f"`teacher` must be a lungkit DiffusionModel (a pixel DDPM). "
-                            f"Received: a {type(teacher).__name__}")
-        if teacher.prediction != "v":
-            raise ValueError(f"`teacher` must predict v (prediction='v'): progressive "
-                             f"distillation samples from x_0 through v. Received: "
-                             f"prediction={teacher.prediction!r}")
+        check_teacher(teacher)
         self.rounds = halving_rounds(start_steps, steps)
         round_updates = check_int("round_updates", round_updates)
         max_guidance = check_number("max_guidance", max_guidance, 0.0, None)
@@ -144,7 +159,7 @@ class DistilledDiffusion(GenerativeModel):
         class_dropout = check_number("class_dropout", class_dropout, 0.0, 1.0, high_open=True)
         seed = check_seed("seed", seed)
         super().__init__(**kwargs)
-        self.teacher = _frozen(teacher)
+        self.teacher = freeze_submodel(teacher)
         self.steps, self.start_steps, self.round_updates = steps, start_steps, round_updates
         self.max_guidance, self.class_dropout = max_guidance, class_dropout
         self.clip_denoised, self.seed = bool(clip_denoised), seed
@@ -257,7 +272,7 @@ class DistilledDiffusion(GenerativeModel):
         """x~ of the module docstring: the x_0 a single step must predict (no gradient)."""
         def teacher_output(x, times):  # round 0: the teacher, guided with w per image
             w_images = None if w is None else ops.reshape(w, (-1, 1, 1, 1))
-            return self.teacher._guided_output(self.teacher.ema_network, x, times, labels,
+            return self.teacher.guided_output(self.teacher.ema_network, x, times, labels,
                                                w_images, self.guided)
 
         def previous_output(x, times):  # later rounds: the previous round's student
@@ -278,15 +293,8 @@ class DistilledDiffusion(GenerativeModel):
         return ops.stop_gradient((z_next - ratio * z) / (next_signal - ratio * signal))
 
     def compute_losses(self, images, labels=None, training=False):
-        """The distillation loss of the current round (module docstring).
-
-        Args:
-            images: float `(B, H, W, C)` in [0, 1].
-            labels: int `(B,)` or None.
-
-        Returns:
-            `(loss,)`, a float32 scalar.
-        """
+        """The distillation loss of the current round (module docstring): `(loss,)`, a float32
+        scalar, for `images` and `labels` as in `DiffusionModel.compute_losses`."""
         x0 = ops.cast(images, "float32") * 2.0 - 1.0
         batch = ops.shape(x0)[0]
         round_index = self._round()

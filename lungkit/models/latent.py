@@ -100,7 +100,7 @@ class LatentDiffusion(GenerativeModel):
             raise ValueError(f"`autoencoder_epochs` must be None or an integer >= 0. "
                              f"Received: autoencoder_epochs={autoencoder_epochs!r}")
         super().__init__(**kwargs)
-        self.autoencoder = _frozen(autoencoder)  # `fit` unfreezes it for its own stage only
+        self.autoencoder = freeze_submodel(autoencoder)  # `fit` unfreezes it for its own stage only
         self.autoencoder_epochs, self.seed = autoencoder_epochs, seed
         self.diffusion = DiffusionModel(
             image_size=autoencoder.latent_size, channels=autoencoder.latent_channels,
@@ -211,7 +211,7 @@ class LatentDiffusion(GenerativeModel):
     def _finish_autoencoder(self, data):
         """Freezes the autoencoder again and, after a finished training on `data`, measures
         its scale factor (`data` None: the training failed, nothing is measured)."""
-        _frozen(self.autoencoder)
+        freeze_submodel(self.autoencoder)
         if data is not None:
             self.autoencoder.compute_scale_factor(data)
 
@@ -261,11 +261,12 @@ class LatentDiffusion(GenerativeModel):
         return cls(**config)
 
 
-def _frozen(autoencoder):
-    """Makes `autoencoder` non-trainable and drops its compiled state (optimizer).
+def freeze_submodel(autoencoder):
+    """Makes a sub-model (an autoencoder, a distillation teacher) non-trainable and drops its
+    compiled state (optimizer); returns it.
 
     A compiled sub-model would be saved with its own optimizer, which the reloaded (frozen,
-    uncompiled) autoencoder cannot take back; it is not trained again, so it needs none.
+    uncompiled) sub-model cannot take back; it is not trained again, so it needs none.
     """
     # Through the property's setter: `autoencoder.trainable = False` does nothing when the
     # flag is False already (an autoencoder rebuilt from its config), which would leave its
