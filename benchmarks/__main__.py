@@ -22,6 +22,8 @@ BENCHMARKS = (
     ("vae_throughput", []),
     ("sampling_speed", []),
     ("scale", []),
+    ("unet_speed", []),
+    ("evaluation_cost", []),
 )
 
 

@@ -28,25 +28,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks._common import best_seconds  # noqa: E402
+from benchmarks._common import EpochTimer, best_seconds  # noqa: E402
 from lungkit.models.denoiser import UNetDenoiser  # noqa: E402
 from lungkit.models.diffusion import DiffusionModel  # noqa: E402
 from lungkit.models.latent import LatentDiffusion  # noqa: E402
 from lungkit.models.vae import VAE  # noqa: E402
 
 TARGET_DDIM_SPEEDUP = 15.0  # issue 5: DDIM-50 at least 15x faster per image than DDPM-1000
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def training_images_per_second(model, images, batch_size, epochs):

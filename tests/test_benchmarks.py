@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ("phantom_speed", "vae_throughput", "scale")  # the scripts that take --quick
+QUICK = ("phantom_speed", "vae_throughput", "scale", "evaluation_cost")  # the scripts that take --quick
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +68,12 @@ def test_other_quick_results_are_written(quick_results):
     assert phantom["slices"] == 6 and phantom["slices_per_second_cpu"] > 0
     vae = json.loads((quick_results.parent / "vae_throughput.json").read_text())
     assert vae["image_shape"] == [32, 32, 3] and vae["ratio_fit_over_bare"] > 0
+
+
+def test_evaluation_cost_times_every_interval_at_every_size(quick_results):
+    result = json.loads((quick_results.parent / "evaluation_cost.json").read_text())
+    rows = result["intervals"]
+    assert {row["n"] for row in rows} == {16, 32} and len(rows) == 6
+    assert {row["task"].split(" (")[0] for row in rows} == {
+        "kid_interval", "kid_difference", "sharpness bootstrap"}
+    assert all(row["seconds"] > 0 and row["dims"] == 256 for row in rows)

@@ -1,5 +1,6 @@
 """Tests for `lungkit train` and `lungkit sample` (lungkit/cli/train.py)."""
 
+import json
 
 import keras
 import numpy as np
@@ -49,6 +50,26 @@ def test_train_vae_writes_model_history_curves_and_samples(phantom_dir, tmp_path
     # options of another model are refused with a clear message
     assert cli.main(["sample", "vae", "--model", str(tmp_path / "vae.keras"), "--steps", "5",
                      "--out", str(out)]) == 1
+
+    # `lungkit evaluate`: every number names its feature space; none trains on the reference
+    metrics = tmp_path / "metrics.json"
+    assert cli.main(["evaluate", "--model", str(tmp_path / "vae.keras"), "--data",
+                     str(phantom_dir), "--train", str(phantom_dir), "-n", "6", "--features",
+                     "domain", "--out", str(metrics)]) == 0
+    result = json.loads(metrics.read_text())
+    spaces = set(result["feature_extractors"])
+    assert spaces == {"random_cnn", "texture", "domain_encoder"}
+    for space in spaces:
+        low, high = result[f"kid_interval[{space}]"]
+        assert low <= result[f"kid[{space}]"] <= high
+    assert result["n_generated"] == 6 and result["n_real"] == 9  # 3 of 12 train the encoder
+    assert result["memorization_share"] is not None
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):]) == result
+    with pytest.raises(SystemExit):  # the whole set for the encoder leaves no reference
+        cli.main(["evaluate", "--model", str(tmp_path / "vae.keras"), "--data",
+                  str(phantom_dir), "--encoder-fraction", "1"])
+    assert "expected a number >= 0 and < 1, got 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model, precision", [("denoiser", "mixed_bfloat16"),

@@ -1,9 +1,7 @@
 """`lungkit compare`, `lungkit demo` and `lungkit evaluate`."""
 
-from pathlib import Path
-
-from lungkit.checks import PRECISIONS, STRATEGIES
-from lungkit.cli.options import int_at_least, parse_assignments
+from lungkit.checks import FEATURE_CHOICES, PRECISIONS, STRATEGIES
+from lungkit.cli.options import fraction_below_one, int_at_least, parse_assignments
 from lungkit.models.registry import MODELS
 
 
@@ -82,15 +80,29 @@ def add_experiment_commands(subparsers):
     evaluate = subparsers.add_parser(
         "evaluate", help="metrics of a saved model's samples against real images",
         description="Loads a saved lungkit model (.keras), generates -n samples and scores "
-        "them against the real slices in --data: FID and KID (features chosen by "
-        "--features), precision/recall, sharpness, diversity and memorization. Prints the "
+        "them against the real slices in --data: FID and KID with 95%% bootstrap intervals "
+        "in every feature space (named in each key, e.g. kid[random_cnn]; --features picks "
+        "them), precision/recall, sharpness, diversity, and memorization when --train names "
+        "the model's training images. A stratified --encoder-fraction of --data trains the "
+        "domain encoder and fixes the feature scales; the rest is the reference. Prints the "
         "metrics as JSON (and writes them to --out if given).")
     evaluate.add_argument("--model", required=True, help="a saved .keras model")
-    evaluate.add_argument("--data", required=True, help="real images (IQ-OTH/NCCD layout)")
-    evaluate.add_argument("-n", type=int_at_least(2), default=64, help="samples to generate (default 64)")
-    evaluate.add_argument("--steps", type=int_at_least(1), default=50, help="sampling steps (diffusion)")
+    evaluate.add_argument("--data", required=True,
+                          help="real images no model trained on (IQ-OTH/NCCD layout)")
+    evaluate.add_argument("--train", default=None,
+                          help="the model's training images: near copies of them count as "
+                          "memorized (default: no memorization metrics)")
+    evaluate.add_argument("-n", type=int_at_least(2), default=64,
+                          help="samples to generate (64)")
+    evaluate.add_argument("--steps", type=int_at_least(1), default=50,
+                          help="sampling steps (diffusion; 50)")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--features", default="auto", help="auto|inception|domain")
+    evaluate.add_argument("--features", default="auto", choices=FEATURE_CHOICES,
+                          help="auto: every space that exists; domain: without InceptionV3; "
+                          "inception: InceptionV3 required (local weights)")
+    evaluate.add_argument("--encoder-fraction", type=fraction_below_one, default=0.25,
+                          help="share of --data for the domain encoder (0.25; 0: untrained "
+                          "feature spaces only, unscaled)")
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
     evaluate.set_defaults(handler=_run_evaluate)
 
@@ -98,9 +110,13 @@ def add_experiment_commands(subparsers):
 def _run_evaluate(args):
     import json
 
+    import numpy as np
+
     from lungkit.data.images import load_data, normalize, to_channels
     from lungkit.evaluation import metrics
-    from lungkit.evaluation.features import get_feature_extractor
+    from lungkit.evaluation.extractors import build_extractors
+    from lungkit.experiment.compare import split_indices
+    from lungkit.files import write_json
     from lungkit.models.registry import diffusion_sampler, load_model, model_name
 
     model = load_model(args.model)
@@ -108,17 +124,33 @@ def _run_evaluate(args):
     if name is None:
         raise ValueError(f"--model {args.model} holds a {type(model).__name__}, which does not "
                          f"generate images; give a saved {', '.join(MODELS)} model.")
-    real, labels = load_data(args.data, size=model.image_size)
-    real = to_channels(normalize(real), model.channels)
+
+    def read(folder):
+        images, labels = load_data(folder, size=model.image_size)
+        return to_channels(normalize(images), model.channels), labels
+
+    real, labels = read(args.data)
+    train = read(args.train)[0] if args.train else None
+    reference, encoder = np.arange(len(real)), np.zeros(0, dtype=int)
+    if args.encoder_fraction > 0:
+        reference, encoder = split_indices(labels, args.encoder_fraction, args.seed)
+    if len(reference) < 2:
+        raise ValueError(f"--data {args.data} leaves {len(reference)} reference slice(s) "
+                         f"after the encoder's share ({args.encoder_fraction}); give more "
+                         f"slices or a smaller --encoder-fraction.")
+    has_encoder = len(encoder) > 1
+    extractors = build_extractors(real[encoder] if has_encoder else None,
+                                  labels[encoder] if has_encoder else None,
+                                  size=model.image_size, channels=model.channels,
+                                  seed=args.seed, features=args.features, progress=True)
     kwargs = {"seed": args.seed}
     if diffusion_sampler(name):
         kwargs["steps"] = args.steps
     generated = model.generate(args.n, **kwargs)
-    extractor = get_feature_extractor(args.features, train_images=real, train_labels=labels)
-    result = metrics.evaluate(generated, real, train=real, features=extractor)
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
+    result = metrics.evaluate(generated, real[reference], train=train, features=extractors,
+                              seed=args.seed, progress=True)
+    print(json.dumps(result, indent=2, default=float))
     if args.out:
-        Path(args.out).write_text(text)
+        write_json(args.out, result, default=float)
     return 0
 

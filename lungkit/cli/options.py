@@ -45,6 +45,14 @@ def non_negative_float(text):
     return _finite_float(text, 0, inclusive=True)
 
 
+def fraction_below_one(text):
+    """An argparse type: a finite number in [0, 1)."""
+    value = _finite_float(text, 0, inclusive=True)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 and < 1, got {text}")
+    return value
+
+
 def parse_assignments(pairs):
     """`["vae.epochs=5", "models=vae,denoiser"]` -> `{"vae.epochs": 5, "models": ("vae", ...)}`."""
     values = {}

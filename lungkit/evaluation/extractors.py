@@ -14,10 +14,15 @@ import logging
 
 import numpy as np
 
-from lungkit.checks import check_images
+from lungkit.checks import FEATURE_CHOICES, check_images
 from lungkit.evaluation.common import FeatureExtractor
 from lungkit.evaluation.domain_encoder import DomainEncoder, feature_standardization
-from lungkit.evaluation.features import InceptionFeatures, find_inception_weights
+from lungkit.evaluation.features import (
+    INCEPTION_WEIGHTS_FILE,
+    InceptionFeatures,
+    find_inception_weights,
+    keras_cache_dir,
+)
 from lungkit.evaluation.random_features import RandomCNNFeatures, TextureFeatures
 from lungkit.files import data_hash
 
@@ -54,7 +59,7 @@ class StandardizedFeatures(FeatureExtractor):
 
 
 def build_extractors(encoder_train_images, encoder_train_labels=None, *, size, channels,
-                     seed=0, cache_dir=None, progress=False):
+                     seed=0, cache_dir=None, features="auto", progress=False):
     """Builds the named feature extractors, `{name: FeatureExtractor}`.
 
     Args:
@@ -67,12 +72,20 @@ def build_extractors(encoder_train_images, encoder_train_labels=None, *, size, c
         size, channels: the image size and channels the untrained extractors resize to.
         seed: seed of the random CNN (its weights) and of the domain encoder's training.
         cache_dir: where the domain encoder is cached (see `DomainEncoder.fit`).
+        features: "auto" keeps every space that exists, "domain" leaves InceptionV3 out,
+            "inception" requires its local weights (`FEATURE_CHOICES`).
         progress: logs which extractors were built.
 
     Returns:
         dict with keys "random_cnn", "texture", and when available "domain_encoder" and
         "inception"; each value has `.name` naming the space in every number.
+
+    Raises:
+        FileNotFoundError: `features="inception"` without local InceptionV3 weights.
     """
+    if features not in FEATURE_CHOICES:
+        raise ValueError(f"`features` must be one of {FEATURE_CHOICES}. Received: "
+                         f"features={features!r}")
     extractors = {
         "random_cnn": RandomCNNFeatures(size, channels, seed=seed),
         "texture": TextureFeatures(size),
@@ -84,7 +97,10 @@ def build_extractors(encoder_train_images, encoder_train_labels=None, *, size, c
     if encoder_train_labels is not None:
         extractors["domain_encoder"] = DomainEncoder.fit(images, encoder_train_labels,
                                                          cache_dir=cache_dir, seed=seed)
-    weights = find_inception_weights()
+    weights = None if features == "domain" else find_inception_weights()
+    if features == "inception" and weights is None:
+        raise FileNotFoundError(f"`features='inception'` needs {INCEPTION_WEIGHTS_FILE} in "
+                                f"{keras_cache_dir()} (lungkit never downloads it).")
     if weights is not None:
         inception = InceptionFeatures(weights=weights)
         inception.name = f"inception_v3_{file_hash(weights)}"

@@ -104,23 +104,15 @@ def feature_spaces(config, split, cache_dir):
 
     `config.features`: "auto" keeps all that exist, "domain" drops InceptionV3, "inception"
     requires it. The domain encoder joins, and the untrained spaces are standardized, when the
-encoder split holds at least 2 slices.
+    encoder split holds at least 2 slices.
     """
     from lungkit.evaluation.extractors import build_extractors
 
     has_split = len(split.encoder_y) > 1
-    extractors = build_extractors(split.encoder_x if has_split else None,
-                                  split.encoder_y if has_split else None, size=config.image_size,
-                                  channels=config.channels, seed=config.seed,
-                                  cache_dir=cache_dir, progress=True)
-    if config.features == "domain":
-        extractors.pop("inception", None)
-    elif config.features == "inception" and "inception" not in extractors:
-        from lungkit.evaluation.features import INCEPTION_WEIGHTS_FILE, keras_cache_dir
-
-        raise FileNotFoundError(f"`features='inception'` needs {INCEPTION_WEIGHTS_FILE} in "
-                                f"{keras_cache_dir()} (lungkit never downloads it).")
-    return extractors
+    return build_extractors(split.encoder_x if has_split else None,
+                            split.encoder_y if has_split else None, size=config.image_size,
+                            channels=config.channels, seed=config.seed, cache_dir=cache_dir,
+                            features=config.features, progress=True)
 
 
 def compare(config=None, out_dir=None, progress=True):

@@ -11,6 +11,7 @@ with fields changed (`"vae.epochs": 5` reaches inside a section). TensorFlow-fre
 import dataclasses
 
 from lungkit.checks import (
+    FEATURE_CHOICES,
     PRECISIONS,
     STRATEGIES,
     check_channels,
@@ -22,7 +23,6 @@ from lungkit.models.registry import MODELS
 MODEL_NAMES = tuple(MODELS)  # the registry's names, in its order
 # compare runs on one machine: every strategy but multi-worker
 COMPARE_STRATEGIES = tuple(s for s in STRATEGIES if s != "multiworker")
-FEATURE_CHOICES = ("auto", "inception", "domain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +197,11 @@ PRESETS = {
                       beta=0.25, decoder="resize"),
         denoiser=DenoiserConfig(epochs=3, batch_size=16, widths=(16, 32, 64)),
         diffusion=DiffusionConfig(
-            epochs=100, batch_size=16, learning_rate=1e-3, widths=(16, 32, 64),
+            epochs=90, batch_size=16, learning_rate=1e-3, widths=(16, 32, 64),
             blocks_per_level=1, ema_decay=0.995, sampling_steps=25, ddpm_timing_images=1,
         ),
         latent=LatentConfig(
-            autoencoder_epochs=20, diffusion_epochs=60, learning_rate=1e-3,
+            autoencoder_epochs=20, diffusion_epochs=50, learning_rate=1e-3,
             autoencoder_widths=(16, 32, 32), widths=(32, 64), blocks_per_level=1,
             ema_decay=0.995, sampling_steps=25,  # 64 px -> a 16x16x4 latent
         ),

@@ -87,6 +87,35 @@ def test_more_detail_follows_the_kid_difference(vae_shift, ddim_shift, expected)
     assert row["verdict"] == expected and "KID(VAE) - KID(DDIM)" in row["evidence"]
 
 
+def _solvers(ddim_kid):
+    return {"claim_space": "random_cnn", "models": {"diffusion": {"variants": {
+        "ddim": {"label": "DDIM", "steps": 50, "images_per_second": 2.0,
+                 "metrics": {"kid[random_cnn]": ddim_kid, "kid[texture]": 1e6}},
+        "dpm++": {"label": "DPM++", "steps": 20, "images_per_second": 5.0}}}}}
+
+
+@pytest.mark.parametrize("dpm_shift, ddim_kid, expected", [
+    # DDIM's own KID 3.0: DPM++ may be worse by up to 0.3
+    (0.0, 3.0, "PASS"),  # the same distribution: the gap's interval [-0.14, 0.11] > -0.3
+    (1.5, 3.0, "FAIL"),  # far off real, DDIM on it: worse by about 40
+    (0.3, 3.0, "INCONCLUSIVE"),  # a small shift: the interval [-0.73, -0.18] holds -0.3
+    (0.0, 0.5, "INCONCLUSIVE"),  # a tight margin (-0.05) that 120 images cannot resolve
+])
+def test_dpm_no_worse_is_a_non_inferiority_test(dpm_shift, ddim_kid, expected):
+    n, dims = 120, 8
+    rng = np.random.default_rng(3)
+    evidence = {"features": {"ddim": rng.normal(0, 1, (n, dims)),
+                             "dpm++": rng.normal(dpm_shift, 1, (n, dims)),
+                             "real": rng.normal(0, 1, (n, dims))}}
+    row = claims.dpm_no_worse(_solvers(ddim_kid), evidence)
+    assert row["verdict"] == expected, row
+    assert row["margin"] == pytest.approx(-0.1 * ddim_kid)
+    assert "KID(DDIM) - KID(DPM++)" in row["evidence"] and "20 steps" in row["claim"]
+    assert claims.dpm_no_worse(_solvers(ddim_kid), {"features": {}}) is None
+    other_space = {**_solvers(ddim_kid), "claim_space": "domain_encoder"}
+    assert claims.dpm_no_worse(other_space, evidence)["verdict"] == "INCONCLUSIVE"
+
+
 @pytest.mark.parametrize("sample_similarity, control_similarity, expected", [
     (0.95, 0.80, "PASS"), (0.6, 0.50, "FAIL"), (0.75, 0.60, "INCONCLUSIVE"),
     (0.95, 0.95, "INCONCLUSIVE"),  # no better than the noised input: the gap to control is 0
