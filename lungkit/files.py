@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -52,6 +53,24 @@ def atomic_path(path):
     except BaseException:
         named.unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder, names=None):
+    """Removes the temporary files `atomic_path` left in `folder` when a kill stopped a write.
+
+    Only files named as `atomic_path` names them (`.<target>.<random>.part<suffixes>`) are
+    removed, for the targets in `names` (None: any target), so nothing lungkit did not write
+    is touched. Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or (names is not None and not names):
+        return []
+    targets = "|".join(re.escape(n) for n in names) if names is not None else r"[^/]+"
+    pattern = re.compile(rf"\.(?:{targets})\.[A-Za-z0-9_]+\.part(?:\.[^/]*)?")
+    removed = [path for path in folder.iterdir() if path.is_file() and pattern.fullmatch(path.name)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def write_bytes(path, data):

@@ -124,3 +124,55 @@ def test_files_fingerprint_sees_size_time_and_odd_names(tmp_path):
     os.utime(path, ns=(1, 1))
     assert files.files_fingerprint([path, odd]) != second
     assert files.files_fingerprint([tmp_path / "gone.jpg"]) != files.files_fingerprint([path])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB tmpfs (root only, and only where mounting is allowed; skipped otherwise)."""
+    import subprocess
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk_keeps_the_previous_model(small_disk):
+    import keras
+
+    from lungkit.training.runs import save_model
+
+    def dense(units):
+        model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units)])
+        return model
+
+    target = small_disk / "vae.keras"
+    save_model(dense(64), target)  # ~20 KB: fits
+    kept = target.read_bytes()
+    with pytest.raises(OSError, match="previous version was kept") as caught:
+        save_model(dense(1024), target)  # 4 MB of weights on a 1 MiB disk
+    assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value)
+    assert target.read_bytes() == kept
+    assert sorted(p.name for p in small_disk.iterdir()) == ["vae.keras"]  # no temporary left
+    assert keras.saving.load_model(target).count_params() == 64 * 64 + 64
+
+
+def test_remove_temporaries_takes_only_what_atomic_path_names(tmp_path):
+    keep = ["vae.keras", ".vae.keras", "notes.part", ".vae.keras.backup", ".other.keras.ab12.part.keras"]
+    for name in keep:
+        (tmp_path / name).write_text("user")
+    stale = [".vae.keras.x1y2_z3.part.keras", ".history.csv.q9w8e7.part.csv"]
+    for name in stale:
+        (tmp_path / name).write_text("half")
+    removed = files.remove_temporaries(tmp_path, ["vae.keras", "history.csv"])
+    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    assert files.remove_temporaries(tmp_path, []) == []
+    assert [p.name for p in files.remove_temporaries(tmp_path)] == [".other.keras.ab12.part.keras"]
+    assert files.remove_temporaries(tmp_path / "absent") == []

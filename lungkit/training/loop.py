@@ -43,6 +43,7 @@ from lungkit.training.runs import (
     load_backup,
     plan_run,
     read_history,
+    remove_interrupted_writes,
     run_settings,
     save_backup,
     save_model,
@@ -167,6 +168,7 @@ def fit(model, dataset, epochs, out_dir, name=None, validation_data=None, callba
     action, done = plan_run(record, settings, epochs, retrain, stages)
     if action == "load":
         return _load_finished(model, out_dir, name, epochs, done)
+    remove_interrupted_writes(out_dir, name)
     if action == "fresh":
         _train_stages(model, dataset, out_dir, epochs, verbose=verbose, retrain=retrain)
     else:

@@ -36,7 +36,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from lungkit.files import atomic_path, read_json, write_json, write_text
+from lungkit.files import atomic_path, read_json, remove_temporaries, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,18 @@ def run_settings(model, batch_size=None, data=None, extra=None):
     return _plain({"model": type(model).__name__, "config": config,
                    "optimizer": optimizer_config, "batch_size": batch_size, "data": data,
                    **(extra or {})})
+
+
+def remove_interrupted_writes(out_dir, name):
+    """Removes the temporary files of the run's writes that a kill interrupted (its models,
+    record and history in `out_dir`, anything in its backup folder); returns them."""
+    out_dir = Path(out_dir)
+    own = [f"{name}.keras", f"{name}.best.keras", f"{name}{RUN_SUFFIX}", HISTORY_FILE]
+    removed = remove_temporaries(out_dir, own) + remove_temporaries(out_dir / BACKUP_DIR)
+    if removed:
+        logger.info("Removed %d temporary file(s) of writes a kill interrupted: %s",
+                    len(removed), ", ".join(p.name for p in removed))
+    return removed
 
 
 def differences(old, new, prefix=""):

@@ -383,6 +383,32 @@ def test_sigkill_during_epoch_2_then_restart_resumes_with_continuous_history(tmp
     assert (run / "backup" / "state.json").is_file()  # kept: the run can be continued
 
 
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes(tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    reference = _python("train", tmp_path / "ref", "-")
+    killed = _python("train_hang_in_save", run, marker)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert killed.poll() is None and time.time() < deadline, killed.stdout.read()[-3000:]
+        time.sleep(0.1)
+    before = (run / "tiny.keras").read_bytes()
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    # the half-written file is a temporary; the epoch-1 model is whole and loads
+    partial = [p for p in run.iterdir() if p.name.startswith(".tiny.keras.")]
+    assert len(partial) == 1 and partial[0].read_bytes().startswith(b"PK\x03\x04 half")
+    assert (run / "tiny.keras").read_bytes() == before
+    assert keras.models.load_model(run / "tiny.keras").count_params() > 0
+    output = _finish(_python("train", run, "-"))
+    _finish(reference)
+    assert not [p for p in run.iterdir() if p.name.startswith(".tiny.")], output[-2000:]
+    resumed = json.loads((run / "result.json").read_text())
+    expected = json.loads((tmp_path / "ref" / "result.json").read_text())
+    assert resumed["epochs_run"] == [2, 3]  # the backup of epoch 2 was never written
+    assert read_history(run / "history.csv")["epoch"] == [0, 1, 2, 3]
+    np.testing.assert_allclose(resumed["weights"], expected["weights"], rtol=1e-5, atol=1e-6)
+
+
 def test_mirrored_two_logical_cpus_matches_one_device(tmp_path):
     output = _finish(_python("mirrored", tmp_path))
     result = json.loads((tmp_path / "mirrored.json").read_text())
@@ -462,6 +488,26 @@ def _worker_train(out_dir, marker):
                            save_seconds=0)
     Path(out_dir, "result.json").write_text(json.dumps({
         "epochs_run": Record.epochs, "history": dict(history), "weights": _flat_weights(model)}))
+
+
+def _worker_train_hang_in_save(out_dir, marker):
+    """Trains 4 epochs; the checkpoint after epoch 2 stops inside the write of the last
+    model (half a file written to its temporary name), writes `marker` and hangs."""
+    saves = []
+    real_save = TinyAutoencoder.save
+
+    def save(self, path, *args, **kwargs):
+        saves.append(Path(path).name)
+        if sum(name.startswith(".tiny.keras.") for name in saves) == 3 and Path(
+                path).name.startswith(".tiny.keras."):
+            Path(path).write_bytes(b"PK\x03\x04 half a zip")
+            Path(marker).write_text("inside the epoch-2 checkpoint")
+            time.sleep(600)
+        return real_save(self, path, *args, **kwargs)
+
+    TinyAutoencoder.save = save
+    model = build(noise_std=0.3, optimizer=keras.optimizers.Adam(1e-2))
+    training.fit(model, tiny_dataset(), 4, out_dir, verbose=0, save_seconds=0)
 
 
 def _worker_mirrored(out_dir):
@@ -577,5 +623,6 @@ def _worker_multiworker(out_dir):
 
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
-    {"train": _worker_train, "mirrored": _worker_mirrored,
+    {"train": _worker_train, "train_hang_in_save": _worker_train_hang_in_save,
+     "mirrored": _worker_mirrored,
      "multiworker": _worker_multiworker}[command](*arguments)
