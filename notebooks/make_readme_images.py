@@ -64,8 +64,8 @@ def demo_caption(metrics):
     tally = ", ".join(f"{verdicts.count(v)} {v}" for v in ("PASS", "FAIL", "INCONCLUSIVE")
                       if v in verdicts)
     return (f"`make demo` ({config['name']} preset: {config['image_size']} px, "
-            f"{metrics['data']['n_train']} phantom training slices) in "
-            f"{metrics['wall_seconds'] / 60:.1f} min on {machine.get('cores', '?')} cores of "
+            f"{metrics['data']['n_train']} phantom training slices): the comparison took "
+            f"{metrics['wall_seconds'] / 60:.1f} min after the install, on {machine.get('cores', '?')} cores of "
             f"{machine.get('cpu', 'an unknown CPU')}, {gpus}, TensorFlow "
             f"{machine.get('tensorflow', '?')}; claims: {tally or 'none'}. Top: the VAE's "
             "samples (Figure 2 of the report); bottom: the diffusion-family models, one row "

@@ -53,7 +53,7 @@ def test_demo_figures_replace_only_the_marked_block(tool, tmp_path):
     assert "old text" not in text
     assert "![VAE samples](docs/images/demo_vae.png)" in text
     caption = tool.demo_caption(json.loads((run / "metrics.json").read_text()))
-    assert "7.2 min on 2 cores of Test CPU 9000, no GPU, TensorFlow 2.99" in caption
+    assert "took 7.2 min after the install, on 2 cores of Test CPU 9000, no GPU, TensorFlow 2.99" in caption
     assert "2 PASS, 1 FAIL" in caption and "INCONCLUSIVE" not in caption
     # run twice: the same README (the block is replaced, not appended)
     tool.write_demo_figures(run, readme=readme, images_dir=images)
