@@ -359,14 +359,19 @@ def _finish(process, timeout=120):
     return output
 
 
+def _wait_for(marker, process, timeout=120):
+    """Waits until `process` writes `marker` (failing with its output if it ends first)."""
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()[-3000:]
+        time.sleep(0.1)
+
+
 def test_sigkill_during_epoch_2_then_restart_resumes_with_continuous_history(tmp_path):
     run, marker = tmp_path / "run", tmp_path / "marker"
     reference = _python("train", tmp_path / "ref", "-")
     killed = _python("train", run, marker)
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert killed.poll() is None and time.time() < deadline, killed.stdout.read()[-3000:]
-        time.sleep(0.1)
+    _wait_for(marker, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
@@ -387,10 +392,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes(t
     run, marker = tmp_path / "run", tmp_path / "marker"
     reference = _python("train", tmp_path / "ref", "-")
     killed = _python("train_hang_in_save", run, marker)
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert killed.poll() is None and time.time() < deadline, killed.stdout.read()[-3000:]
-        time.sleep(0.1)
+    _wait_for(marker, killed)
     before = (run / "tiny.keras").read_bytes()
     killed.send_signal(signal.SIGKILL)
     killed.wait()
