@@ -23,6 +23,7 @@ BENCHMARKS = (
     ("sampling_speed", []),
     ("scale", []),
     ("unet_speed", []),
+    ("checkpoint_cost", []),
     ("evaluation_cost", []),
 )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ("phantom_speed", "vae_throughput", "scale", "evaluation_cost")  # the scripts that take --quick
+QUICK = ("phantom_speed", "vae_throughput", "scale", "evaluation_cost", "checkpoint_cost")  # the scripts that take --quick
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,13 @@ def test_evaluation_cost_times_every_interval_at_every_size(quick_results):
     assert {row["task"].split(" (")[0] for row in rows} == {
         "kid_interval", "kid_difference", "sharpness bootstrap"}
     assert all(row["seconds"] > 0 and row["dims"] == 256 for row in rows)
+
+
+def test_checkpoint_cost_compares_both_fits_each_round(quick_results):
+    result = json.loads((quick_results.parent / "checkpoint_cost.json").read_text())
+    (row,) = result["rounds"]
+    assert row["plain_s"] > 0 and row["lungkit_s"] > 0
+    assert result["median_ratio"] == row["ratio"]  # one round: its ratio is the median
+    # the ratio is of the unrounded seconds; the printed ones are rounded to 0.01 s
+    assert abs(row["ratio"] - row["lungkit_s"] / row["plain_s"]) < 0.05 * row["ratio"]
+    assert result["meets_1.05"] == (result["median_ratio"] <= 1.05)
