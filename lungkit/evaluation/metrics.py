@@ -26,7 +26,7 @@ from lungkit.data.labels import CLASS_NAMES, NUM_CLASSES
 from lungkit.evaluation.classifier import predict_labels, train_classifier
 from lungkit.evaluation.common import resize_images
 from lungkit.evaluation.distances import FeatureStats, fid, kid, precision_recall
-from lungkit.evaluation.statistics import kid_interval
+from lungkit.evaluation.statistics import feature_key, kid_interval
 
 logger = logging.getLogger(__name__)
 
@@ -213,11 +213,6 @@ def train_synthetic_test_real(synthetic_images, synthetic_labels, real_test_imag
 
 
 # --------------------------------------------------------------------------- all at once
-def feature_key(metric, space):
-    """The `evaluate` key of a feature-space metric: `"kid[random_cnn]"`."""
-    return f"{metric}[{space}]"
-
-
 def _as_spaces(features, real_stats):
     """`({space: extractor}, {space: FeatureStats or None})` from one extractor or a dict."""
     if features is None:

@@ -79,6 +79,12 @@ def median_ratio(a, b, **options):
     return bootstrap(lambda i, j: np.median(a[i]) / np.median(b[j]), (len(a), len(b)), **options)
 
 
+def feature_key(metric, space):
+    """The `evaluate` key of a feature-space metric: `"kid[random_cnn]"` (kept here, free of
+    TensorFlow, so that the claims read the keys `metrics.evaluate` writes)."""
+    return f"{metric}[{space}]"
+
+
 def kid_kernel(x, y):
     """KID's polynomial kernel k(x, y) = (x.y / D + 1)^3 (Binkowski et al., 2018)."""
     return (x @ y.T / x.shape[1] + 1.0) ** 3

@@ -11,10 +11,10 @@ whose inputs were not measured reads N/A.
 import numpy as np
 
 from lungkit.data.labels import NUM_CLASSES
-from lungkit.evaluation.metrics import feature_key
 from lungkit.evaluation.statistics import (
     Interval,
     bootstrap,
+    feature_key,
     kid_difference,
     mean_difference,
     median_ratio,
