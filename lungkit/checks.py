@@ -15,9 +15,9 @@ IMAGE_RANGE_TOLERANCE = 1e-3  # how far outside [0, 1] a float image may stray (
 # The option values `lungkit.training` accepts, here so that TensorFlow-free callers (the CLI,
 # the experiment config) refuse a bad one before anything is loaded.
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # feature spaces of FID/KID: all that exist, without InceptionV3, or InceptionV3 required
 FEATURE_CHOICES = ("auto", "inception", "domain")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Seconds of training between checkpoints by default (`lungkit.training.callbacks.Checkpoint`):
 # a checkpoint of a demo-size U-Net takes about a second on a CPU, a third of a 3-second epoch.
 SAVE_SECONDS = 30.0

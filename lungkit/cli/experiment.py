@@ -138,11 +138,9 @@ def _run_evaluate(args):
         raise ValueError(f"--data {args.data} leaves {len(reference)} reference slice(s) "
                          f"after the encoder's share ({args.encoder_fraction}); give more "
                          f"slices or a smaller --encoder-fraction.")
-    has_encoder = len(encoder) > 1
-    extractors = build_extractors(real[encoder] if has_encoder else None,
-                                  labels[encoder] if has_encoder else None,
-                                  size=model.image_size, channels=model.channels,
-                                  seed=args.seed, features=args.features, progress=True)
+    extractors = build_extractors(real[encoder], labels[encoder], size=model.image_size,
+                                  channels=model.channels, seed=args.seed,
+                                  features=args.features, progress=True)
     kwargs = {"seed": args.seed}
     if diffusion_sampler(name):
         kwargs["steps"] = args.steps

@@ -65,8 +65,8 @@ def build_extractors(encoder_train_images, encoder_train_labels=None, *, size, c
     Args:
         encoder_train_images: images of the encoder split (no generator trains on them);
             float `(N, H, W, C)` in [0, 1]; they also fix the per-dimension scales of the
-            untrained spaces (`StandardizedFeatures`). None: untrained spaces left raw, and
-            no domain encoder.
+            untrained spaces (`StandardizedFeatures`). None or fewer than 2 images:
+            untrained spaces left raw, and no domain encoder.
         encoder_train_labels: their class ints; None leaves out "domain_encoder" (it trains
             a classifier head).
         size, channels: the image size and channels the untrained extractors resize to.
@@ -90,6 +90,8 @@ def build_extractors(encoder_train_images, encoder_train_labels=None, *, size, c
         "random_cnn": RandomCNNFeatures(size, channels, seed=seed),
         "texture": TextureFeatures(size),
     }
+    if encoder_train_images is None or len(encoder_train_images) < 2:
+        encoder_train_images = encoder_train_labels = None  # no split to learn scales from
     if encoder_train_images is not None:  # fixed per-dimension scales from the encoder split
         images = check_images(encoder_train_images, "encoder_train_images")
         extractors = {space: StandardizedFeatures(extractor, images)

@@ -108,9 +108,7 @@ def feature_spaces(config, split, cache_dir):
     """
     from lungkit.evaluation.extractors import build_extractors
 
-    has_split = len(split.encoder_y) > 1
-    return build_extractors(split.encoder_x if has_split else None,
-                            split.encoder_y if has_split else None, size=config.image_size,
+    return build_extractors(split.encoder_x, split.encoder_y, size=config.image_size,
                             channels=config.channels, seed=config.seed, cache_dir=cache_dir,
                             features=config.features, progress=True)
 
